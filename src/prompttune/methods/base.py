@@ -1,0 +1,156 @@
+"""The method interface: how a way of adding trainable prompt parameters plugs into the model.
+
+A method decides which parameters train (soft-token rows, the backbone's weights, a head), how input ids
+become input embeddings, and what goes into the artifact. The trainer, evaluator and artifact code only
+call this interface; adding a method is adding a file.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from ..errors import ConfigError, TemplateError
+from ..template import Template
+
+
+class MethodOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    init: Literal["auto", "text", "labels", "vocab", "random"] = Field(
+        "auto", description="how soft tokens start: from their {soft:words}, from the label words, from sampled vocabulary "
+                            "rows, or random. auto = the words in the template where given, else the label words")
+    encoder: Literal["none", "mlp", "lstm"] = Field(
+        "none", description="P-tuning reparameterisation of the soft tokens (trained and saved with the prompt)")
+    encoder_hidden: int = Field(0, ge=0, description="hidden size of the prompt encoder (0 = the model's hidden size)")
+
+
+class SoftTable(nn.Module):
+    """The soft-token rows of a template, optionally produced by a P-tuning prompt encoder.
+
+    The encoder is residual with a zero-initialised output layer, so training starts exactly at the
+    initial embeddings (a text-initialised prompt is not scrambled by a random MLP on step one).
+    """
+
+    def __init__(self, n: int, hidden: int, *, encoder: str = "none", encoder_hidden: int = 0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n, hidden))
+        self.encoder_kind = encoder
+        eh = encoder_hidden or hidden
+        if encoder == "lstm":
+            self.lstm = nn.LSTM(hidden, eh // 2 or 1, num_layers=2, bidirectional=True, batch_first=True)
+            self.mlp = nn.Sequential(nn.Linear(2 * (eh // 2 or 1), eh), nn.ReLU(), nn.Linear(eh, hidden))
+        elif encoder == "mlp":
+            self.mlp = nn.Sequential(nn.Linear(hidden, eh), nn.ReLU(), nn.Linear(eh, hidden))
+        if encoder != "none":
+            nn.init.zeros_(self.mlp[-1].weight)
+            nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self) -> torch.Tensor:
+        if self.encoder_kind == "none":
+            return self.weight
+        x = self.weight
+        if self.encoder_kind == "lstm":
+            x = self.lstm(x[None])[0][0]
+        return self.weight + self.mlp(x)
+
+
+def _init_rows(backbone, template: Template, verbalizer, init: str, n: int, seed: int = 0) -> torch.Tensor:
+    emb = backbone.model.get_input_embeddings().weight.detach().float()
+    tok = backbone.tokenizer
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.empty(n, emb.shape[1])
+    label_ids = [i for ws in verbalizer.encode(tok, leading_space=True) for w in ws for i in w] if verbalizer is not None else []
+    for g in template.soft_groups(tok):
+        how = init
+        if how == "auto":
+            how = "text" if g.init else ("labels" if label_ids else "vocab")
+        if how == "text":
+            if not g.init:
+                raise TemplateError("init: text needs init words in the template, e.g. {soft*20:Classify the sentiment}",
+                                    where="template", fix="add words after ':' in the soft placeholder, or set init to labels, vocab or random")
+            ids = tok(g.init, add_special_tokens=False)["input_ids"]
+        elif how == "labels":
+            ids = label_ids
+        elif how == "vocab":
+            # Frequent-token rows (low ids in BPE vocabularies) give embeddings of a typical norm.
+            top = min(emb.shape[0], 5000)
+            ids = torch.randint(0, top, (g.count,), generator=gen).tolist()
+        else:
+            std = float(emb.std())
+            rows[g.start:g.start + g.count] = torch.randn(g.count, emb.shape[1], generator=gen) * std
+            continue
+        ids = (ids * math.ceil(g.count / max(len(ids), 1)))[: g.count]
+        rows[g.start:g.start + g.count] = emb[torch.tensor(ids)]
+    return rows
+
+
+class Method(nn.Module):
+    """Base class. Subclasses set ``name`` and the class flags, and may override the hooks."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    family: ClassVar[str | None] = None  # a family the method needs, or None for any
+    trains_backbone: ClassVar[bool] = False
+    trainable: ClassVar[bool] = True
+    needs_mask: ClassVar[bool] = True
+    default_lr: ClassVar[float] = 1e-3
+    description: ClassVar[str] = ""
+
+    def __init__(self, **options):
+        super().__init__()
+        try:
+            self.options = self.Options(**options)
+        except Exception as e:  # pydantic.ValidationError
+            raise ConfigError(f"bad options for method {self.name!r}: {e}", where="method",
+                              fix=f"valid options: {', '.join(self.Options.model_fields)}") from None
+        self.soft: SoftTable | None = None
+
+    # ---- hooks -------------------------------------------------------------------------------
+    def prepare_template(self, template: Template) -> Template:
+        return template
+
+    def attach(self, backbone, template: Template, verbalizer, *, init: bool = True, seed: int = 0) -> None:
+        """Create this method's parameters for ``backbone`` and set what trains."""
+        self.set_trainable(backbone)
+        n = template.n_soft(backbone.tokenizer)
+        if n:
+            self.soft = SoftTable(n, backbone.hidden_size, encoder=self.options.encoder, encoder_hidden=self.options.encoder_hidden)
+            if init:
+                with torch.no_grad():
+                    self.soft.weight.copy_(_init_rows(backbone, template, verbalizer, self.options.init, n, seed))
+            self.soft.to(backbone.model.get_input_embeddings().weight.device)
+
+    def set_trainable(self, backbone) -> None:
+        """Freeze or unfreeze the backbone as this method trains it (another model on the same backbone may have changed it)."""
+        if self.trains_backbone:
+            backbone.unfreeze()
+        else:
+            backbone.freeze()
+
+    def embed(self, backbone, input_ids: torch.Tensor, soft_index: torch.Tensor) -> torch.Tensor:
+        embeds = backbone.embed(input_ids)
+        if self.soft is not None:
+            table = self.soft().to(embeds.dtype)
+            embeds = torch.where((soft_index >= 0)[..., None], table[soft_index.clamp_min(0)], embeds)
+        return embeds
+
+    def trainable_parameters(self, backbone) -> list[nn.Parameter]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if self.trains_backbone:
+            params += [p for p in backbone.model.parameters() if p.requires_grad]
+        return params
+
+    def prompt_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors saved in prompt.safetensors (the backbone, if trained, is saved separately)."""
+        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+
+    def load_prompt_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(tensors, strict=True)
+
+    def config_dict(self) -> dict:
+        return {"name": self.name, **self.options.model_dump()}

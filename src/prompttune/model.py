@@ -1,0 +1,207 @@
+"""PromptModel: a prompt (template + verbalizer) attached to a backbone by a method.
+
+This is the Python API's centre::
+
+    from prompttune import PromptModel
+    pm = PromptModel.from_pretrained("smollm2-135m", template="Review: {text}\\nSentiment: {mask}",
+                                     verbalizer={"negative": "negative", "positive": "positive"}, method="soft-prompt")
+    pm.fit(train_rows, dev_rows)
+    print(pm.evaluate(test_rows)["accuracy"])
+    pm.save("out/")
+    pm = prompttune.load("out/")
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .backbone import Backbone, Rows
+from .errors import ConfigError
+from .methods import Method, make_method
+from .template import Renderer, Template, tail_is_empty
+from .verbalizer import CONTENT_FREE_INPUTS, Verbalizer
+
+
+class PromptModel(nn.Module):
+    """Backbone + template + verbalizer + method. ``forward(rows)`` gives (B, C) class log-probabilities."""
+
+    def __init__(self, backbone: Backbone, template: Template | str, verbalizer: Verbalizer | Mapping | Sequence,
+                 method: Method | str = "soft-prompt", *, max_length: int = 256, padding_side: str = "right",
+                 method_options: dict | None = None, init: bool = True, seed: int = 0):
+        super().__init__()
+        template = template if isinstance(template, Template) else Template(template)
+        verbalizer = Verbalizer.from_spec(verbalizer)
+        method = method if isinstance(method, Method) else make_method(method, **(method_options or {}))
+        if method.family and backbone.family.name != method.family:
+            raise ConfigError(f"method {method.name!r} needs a {method.family} backbone, but {backbone.name!r} is loaded as {backbone.family.name}",
+                              where="model.family", fix=f"load the model with family: {method.family}")
+        if padding_side not in ("left", "right"):
+            raise ConfigError(f"padding_side must be left or right, got {padding_side!r}", where="padding_side", fix="use left or right")
+        template = method.prepare_template(template)
+        uses_mask = method.needs_mask and backbone.family.uses_verbalizer
+        template.check(needs_mask=uses_mask)
+        self.backbone = backbone
+        self.template = template
+        self.verbalizer = verbalizer
+        self.method = method
+        self.max_length = max_length
+        self.padding_side = padding_side
+        self.model = backbone.model  # registered so .parameters() / accelerate see the backbone
+        self.base_fingerprint = backbone.fingerprint()  # of the weights before any training
+        self.method.attach(backbone, template, verbalizer, init=init, seed=seed)
+        fam = backbone.family
+        self.renderer = Renderer(template, backbone.tokenizer, max_length=max_length, placeholder_id=fam.placeholder_id(), soft_id=fam.pad_id,
+                                 drop_mask=not uses_mask)
+        if uses_mask:
+            words = verbalizer.encode(backbone.tokenizer, leading_space=self.renderer.space_before_mask and fam.leading_space())
+            self.word_ids = [w for ws in words for w in ws]
+            self.word_class = torch.tensor([c for c, ws in enumerate(words) for _ in ws])
+            self.fast = fam.fast_ok(self.word_ids, tail_is_empty(template.segments))
+            self.reserve = fam.reserve(self.word_ids)
+        else:
+            self.word_ids, self.word_class, self.fast, self.reserve = [], torch.zeros(0, dtype=torch.long), True, 0
+        self._render_cache: OrderedDict = OrderedDict()
+
+    # ---- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, model: str, template: str, verbalizer, method: str = "soft-prompt", *,
+                        method_options: dict | None = None, family: str | None = None, dtype: str = "float32",
+                        gguf_file: str | None = None, trust_remote_code: bool = False, revision: str | None = None,
+                        **kw) -> "PromptModel":
+        from .methods import METHODS
+
+        verbalizer = Verbalizer.from_spec(verbalizer)
+        mcls = METHODS.get(method)
+        family = family or (mcls.family if mcls else None)
+        backbone = Backbone.load(model, family=family, num_labels=len(verbalizer.labels), dtype=dtype, gguf_file=gguf_file,
+                                 trust_remote_code=trust_remote_code, revision=revision)
+        return cls(backbone, template, verbalizer, method, method_options=method_options, **kw)
+
+    @property
+    def labels(self) -> list[str]:
+        return self.verbalizer.labels
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.model.get_input_embeddings().weight.device
+
+    # ---- data -> model rows ----------------------------------------------------------------
+    def render(self, row: Mapping[str, str]):
+        key = tuple(str(row.get(f, "")) for f in self.template.fields)
+        hit = self._render_cache.get(key)
+        if hit is None:
+            hit = self.renderer.render(row, reserve=self.reserve)
+            self._render_cache[key] = hit
+            if len(self._render_cache) > 200_000:
+                self._render_cache.popitem(last=False)
+        return hit
+
+    def collate(self, rows: Sequence[Mapping[str, str]]) -> Rows:
+        rendered = [self.render(r) for r in rows]
+        return self.backbone.family.build(rendered, self.word_ids, fast=self.fast, padding_side=self.padding_side)
+
+    def labels_tensor(self, rows: Sequence[Mapping[str, str]]) -> torch.Tensor:
+        return torch.tensor([self.verbalizer.label_index(r["label"]) for r in rows])
+
+    def length(self, row: Mapping[str, str]) -> int:
+        return len(self.render(row).ids)
+
+    # ---- scoring ---------------------------------------------------------------------------
+    def forward(self, batch: Rows, *, calibrate: bool = True) -> torch.Tensor:
+        batch = batch.to(self.device)
+        embeds = self.method.embed(self.backbone, batch.input_ids, batch.soft_index)
+        scores = self.backbone.family.word_scores(embeds, batch)
+        if not self.backbone.family.uses_verbalizer:
+            if calibrate and self.verbalizer.calibration is not None:
+                scores = scores - torch.tensor(self.verbalizer.calibration, device=scores.device)
+            return scores.log_softmax(-1)
+        return self.verbalizer.class_log_probs(scores, self.word_class.to(scores.device), calibrate=calibrate)
+
+    @torch.no_grad()
+    def predict_log_probs(self, rows: Sequence[Mapping[str, str]], *, batch_size: int = 16, progress: bool = False,
+                          calibrate: bool = True) -> torch.Tensor:
+        from .data import length_batches
+
+        was_training = self.training
+        self.eval()
+        out = torch.empty(len(rows), len(self.labels))
+        batches = length_batches([self.length(r) for r in rows], batch_size, shuffle=False)
+        bar = _progress(progress, len(rows), "predict")
+        for idx in batches:
+            out[idx] = self(self.collate([rows[i] for i in idx]), calibrate=calibrate).float().cpu()
+            bar.update(len(idx))
+        bar.close()
+        self.train(was_training)
+        return out
+
+    def predict(self, inputs: Iterable[str | Mapping[str, str]], *, batch_size: int = 16) -> list[dict]:
+        """Labels with per-class probabilities. A plain string fills the template's only field."""
+        rows = [self._as_row(x) for x in inputs]
+        probs = self.predict_log_probs(rows, batch_size=batch_size).exp()
+        return [{"label": self.labels[int(p.argmax())], "probabilities": {l: round(float(v), 6) for l, v in zip(self.labels, p)}}
+                for p in probs]
+
+    def _as_row(self, x) -> dict:
+        if isinstance(x, Mapping):
+            return dict(x)
+        fields = self.template.fields
+        if len(fields) != 1:
+            raise ConfigError(f"this template has fields {fields}; a bare string fills only a one-field template",
+                              where="predict input", fix="pass a JSON object with one key per field")
+        return {fields[0]: str(x)}
+
+    def calibrate(self) -> list[float]:
+        """Contextual calibration: score content-free inputs ("N/A", "", "[MASK]") and store the bias."""
+        self.verbalizer.calibration = None
+        rows = [{f: cf for f in self.template.fields} for cf in CONTENT_FREE_INPUTS]
+        self.verbalizer.set_calibration(self.predict_log_probs(rows, calibrate=False))
+        return self.verbalizer.calibration
+
+    def evaluate(self, rows: Sequence[Mapping[str, str]], *, batch_size: int = 16, progress: bool = False) -> dict:
+        from .metrics import classification_metrics
+
+        self.verbalizer.check_labels([r["label"] for r in rows], where="evaluation data")
+        start = time.perf_counter()
+        logp = self.predict_log_probs(rows, batch_size=batch_size, progress=progress)
+        seconds = time.perf_counter() - start
+        y_true = self.labels_tensor(rows).tolist()
+        y_pred = logp.argmax(-1).tolist()
+        m = classification_metrics(y_true, y_pred, self.labels)
+        m["examples_per_second"] = len(rows) / seconds if seconds > 0 else None
+        m["seconds"] = seconds
+        m["trainable_parameters"] = self.num_trainable_parameters()
+        m["predictions"] = y_pred
+        m["probabilities"] = logp.exp().max(-1).values.tolist()
+        return m
+
+    # ---- training, saving ------------------------------------------------------------------
+    def fit(self, train_rows, dev_rows=None, **train_options):
+        from .train import TrainConfig, train
+
+        return train(self, train_rows, dev_rows, TrainConfig(**train_options))
+
+    def num_trainable_parameters(self) -> int:
+        if not self.method.trainable:
+            return 0
+        return sum(p.numel() for p in self.method.trainable_parameters(self.backbone))
+
+    def save(self, directory, **extra) -> "object":
+        from .artifact import save
+
+        return save(self, directory, **extra)
+
+
+def _progress(enabled: bool, total: int, desc: str):
+    if not enabled:
+        class _Null:
+            def update(self, n): ...
+            def close(self): ...
+        return _Null()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="ex", dynamic_ncols=True, leave=False)

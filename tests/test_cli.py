@@ -1,0 +1,112 @@
+"""The command line: train -> eval -> predict on a tiny local model and CSV, and clear errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import toy_rows
+from prompttune.cli import main
+
+
+def run(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["prompttune", *map(str, args)])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _csv(path, rows):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["review", "sentiment"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({"review": r["text"], "sentiment": r["label"]})
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path, saved_tiny):
+    _csv(tmp_path / "train.csv", toy_rows(40, seed=1))
+    _csv(tmp_path / "test.csv", toy_rows(20, seed=2))
+    cfg = {
+        "model": {"name": saved_tiny("llama")},
+        "prompt": {"template": "Review: {text} Sentiment: {mask}", "verbalizer": {"negative": "bad", "positive": "good"}},
+        "method": {"name": "soft-prompt", "num_tokens": 4},
+        "data": {"train": str(tmp_path / "train.csv"), "test": str(tmp_path / "test.csv"), "columns": {"text": "review"},
+                 "label_column": "sentiment", "shots_per_class": 8},
+        "train": {"max_steps": 4, "lr": 0.05, "progress": False},
+        "zero_shot_baseline": True,
+        "output": str(tmp_path / "out"),
+    }
+    import yaml
+
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path
+
+
+def test_train_eval_predict_from_a_config_file(monkeypatch, capsys, workdir):
+    code, out, err = run(monkeypatch, capsys, "train", workdir / "run.yaml", "--set", "train.seed=3", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    out_dir = workdir / "out"
+    for name in ("prompt.json", "prompt.safetensors", "metrics.json", "report.md", "confusion_matrix.png", "config.yaml"):
+        assert (out_dir / name).exists(), name
+    assert res["n"] == 20 and 0 <= res["accuracy"] <= 1 and "zero_shot" in res
+    assert res["trainable_parameters"] == 4 * 32
+    assert "train.seed" not in out and "seed: 3" in (out_dir / "config.yaml").read_text()
+
+    code, out, err = run(monkeypatch, capsys, "eval", out_dir, "--data", workdir / "test.csv", "--column", "text=review",
+                         "--label-column", "sentiment", "--json")
+    assert code == 0, err
+    m = json.loads(out)
+    assert {"accuracy", "macro_f1", "examples_per_second", "n"} <= set(m) and m["n"] == 20
+    assert m["accuracy"] == pytest.approx(res["accuracy"])
+
+    (workdir / "in.jsonl").write_text('{"text": "the film was good"}\n{"text": "bad plot"}\n')
+    code, out, err = run(monkeypatch, capsys, "predict", out_dir, "a good movie", "--input", workdir / "in.jsonl", "--json")
+    assert code == 0, err
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert len(lines) == 3 and all(set(x["probabilities"]) == {"negative", "positive"} for x in lines)
+    assert all(abs(sum(x["probabilities"].values()) - 1) < 1e-4 for x in lines)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "missing.yaml"], "does not exist"),
+    (["train", "{cfg}", "--set", "train.lr=-1"], "train.lr"),
+    (["train", "{cfg}", "--set", "train.bogus=1"], "train.bogus"),
+    (["train", "{cfg}", "--set", "prompt.template=Review: {{text} {mask}"], "template column"),
+    (["train", "{cfg}", "--set", "prompt.template={text} no mask here"], "no {mask}"),
+    (["train", "{cfg}", "--set", "prompt.template={review} {mask}"], "not a column"),
+    (["train", "{cfg}", "--set", "prompt.verbalizer={negative: bad}"], "not in the verbalizer"),
+    (["train", "{cfg}", "--set", "method.name=magic"], "unknown method"),
+    (["eval", "{tmp}", "--data", "movie-reviews"], "not a prompttune artifact"),
+    (["predict", "{tmp}", "x"], "not a prompttune artifact"),
+])
+def test_bad_input_exits_nonzero_with_a_one_paragraph_error(monkeypatch, capsys, workdir, args, needle):
+    args = [a.replace("{cfg}", str(workdir / "run.yaml")).replace("{tmp}", str(workdir)) for a in args]
+    code, out, err = run(monkeypatch, capsys, *args)
+    assert code != 0
+    assert needle in err, err
+    assert "Traceback" not in err and "Fix:" in err
+
+
+def test_bad_yaml_names_line_and_column(monkeypatch, capsys, tmp_path):
+    (tmp_path / "bad.yaml").write_text("model:\n  name: [unclosed\n")
+    code, _, err = run(monkeypatch, capsys, "train", tmp_path / "bad.yaml")
+    assert code != 0 and "line 3" in err
+
+
+def test_every_command_has_help():
+    for cmd in ("train", "eval", "predict", "demo", "list"):
+        res = subprocess.run([sys.executable, "-m", "prompttune", cmd, "--help"], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert "--help" in res.stdout
