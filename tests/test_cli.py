@@ -105,8 +105,13 @@ def test_bad_yaml_names_line_and_column(monkeypatch, capsys, tmp_path):
     assert code != 0 and "line 3" in err
 
 
-def test_every_command_has_help():
-    for cmd in ("train", "eval", "predict", "demo", "list"):
-        res = subprocess.run([sys.executable, "-m", "prompttune", cmd, "--help"], capture_output=True, text=True, timeout=120)
-        assert res.returncode == 0, res.stderr
-        assert "--help" in res.stdout
+@pytest.mark.parametrize("cmd", ["train", "eval", "predict", "demo", "list"])
+def test_every_command_has_help(monkeypatch, capsys, cmd):
+    code, out, _ = run(monkeypatch, capsys, cmd, "--help")
+    assert code == 0 and "--help" in out
+
+
+def test_module_entry_point_runs():
+    res = subprocess.run([sys.executable, "-m", "prompttune", "list"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "smollm2-135m" in res.stdout and "movie-reviews" in res.stdout and "soft-prompt" in res.stdout

@@ -37,7 +37,7 @@ class TrainConfig(BaseModel):
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="fraction of steps of linear warm-up")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
-    eval_every: int | None = Field(None, ge=1, description="optimizer steps between dev evaluations (default: one epoch, at least 5)")
+    eval_every: int | None = Field(None, ge=1, description="optimizer steps between dev evaluations (default: one epoch, at least 10)")
     patience: int = Field(6, ge=1, description="stop after this many dev evaluations without improvement")
     metric: Literal["accuracy", "macro_f1"] = Field("accuracy", description="dev metric for early stopping (ties broken by dev loss)")
     seed: int = Field(0, description="seed for initialisation, data order and dropout")
@@ -117,7 +117,7 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
     lr = cfg.lr or pm.method.default_lr
     max_steps = cfg.max_steps or steps_for(len(train_rows), cfg.batch_size * accelerator.num_processes * cfg.grad_accum)
     steps_per_epoch = max(1, math.ceil(len(train_rows) / (cfg.batch_size * accelerator.num_processes * cfg.grad_accum)))
-    eval_every = cfg.eval_every or max(5, steps_per_epoch)
+    eval_every = cfg.eval_every or max(10, steps_per_epoch)
     ckpt_every = cfg.checkpoint_every or eval_every
 
     params = pm.method.trainable_parameters(pm.backbone)
