@@ -43,7 +43,7 @@ def workdir(tmp_path, saved_tiny):
         "method": {"name": "soft-prompt", "num_tokens": 4},
         "data": {"train": str(tmp_path / "train.csv"), "test": str(tmp_path / "test.csv"), "columns": {"text": "review"},
                  "label_column": "sentiment", "shots_per_class": 8},
-        "train": {"max_steps": 4, "lr": 0.05, "progress": False},
+        "train": {"max_steps": 4, "lr": 0.05, "progress": False, "eval_every": 2},
         "zero_shot_baseline": True,
         "output": str(tmp_path / "out"),
     }
@@ -58,7 +58,8 @@ def test_train_eval_predict_from_a_config_file(monkeypatch, capsys, workdir):
     assert code == 0, err
     res = json.loads(out)
     out_dir = workdir / "out"
-    for name in ("prompt.json", "prompt.safetensors", "metrics.json", "report.md", "confusion_matrix.png", "config.yaml"):
+    for name in ("prompt.json", "prompt.safetensors", "metrics.json", "report.md", "confusion_matrix.png", "training_curve.png",
+                 "config.yaml"):
         assert (out_dir / name).exists(), name
     assert res["n"] == 20 and 0 <= res["accuracy"] <= 1 and "zero_shot" in res
     assert res["trainable_parameters"] == 4 * 32
@@ -115,3 +116,15 @@ def test_module_entry_point_runs():
     res = subprocess.run([sys.executable, "-m", "prompttune", "list"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "smollm2-135m" in res.stdout and "movie-reviews" in res.stdout and "soft-prompt" in res.stdout
+
+
+@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path(__file__).parent.parent.joinpath("examples").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_example_configs_are_valid(path):
+    from prompttune.config import load_config
+    from prompttune.template import Template
+    from prompttune.verbalizer import Verbalizer
+
+    cfg = load_config(path)
+    Template(cfg.prompt.template)
+    Verbalizer.from_spec(cfg.prompt.verbalizer)

@@ -135,3 +135,31 @@ def test_fingerprint_tells_backbones_apart():
     with torch.no_grad():
         b.model.get_input_embeddings().weight[0, 0] += 1.0
     assert a.fingerprint() != b.fingerprint()
+
+
+@pytest.mark.parametrize("kind", LM_KINDS)
+def test_contextual_calibration_makes_content_free_input_uniform(kind):
+    pm = _model(kind, method="zero-shot", template="Review: {text} Sentiment: {mask}")
+    bias = pm.calibrate()
+    assert len(bias) == 2 and pm.verbalizer.calibration == bias
+    cf = pm.predict_log_probs([{"text": "N/A"}, {"text": ""}, {"text": "[MASK]"}]).exp().mean(0)
+    assert torch.allclose(cf, torch.full((2,), 0.5), atol=0.15)
+    uncal = pm.predict_log_probs(toy_rows(4), calibrate=False)
+    cal = pm.predict_log_probs(toy_rows(4))
+    torch.testing.assert_close(cal, (uncal - torch.tensor(bias)).log_softmax(-1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", LM_KINDS)
+def test_template_placement_starts_exactly_at_the_zero_shot_prompt(kind):
+    bb = tiny_backbone(kind)
+    template = "Review: {text} Sentiment: {mask}"
+    zero = PromptModel(bb, template, VERB, "zero-shot").predict_log_probs(toy_rows(5))
+    soft = PromptModel(bb, template, VERB, "soft-prompt", method_options={"placement": "template"})
+    assert soft.template.text == "{soft:Review:} {text} {soft:Sentiment:} {mask}"
+    torch.testing.assert_close(soft.predict_log_probs(toy_rows(5)), zero, atol=1e-5, rtol=1e-5)
+
+
+def test_prefix_placement_puts_num_tokens_in_front():
+    pm = PromptModel(tiny_backbone("llama"), "Review: {text} Sentiment: {mask}", VERB, "soft-prompt",
+                     method_options={"placement": "prefix", "num_tokens": 5})
+    assert pm.template.text.startswith("{soft*5}") and pm.num_trainable_parameters() == 5 * 32

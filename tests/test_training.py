@@ -93,15 +93,19 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path):
     assert not any(p.name.startswith(".") for p in (tmp_path / "b").iterdir())  # no temporary left behind
 
 
-def test_early_stopping_restores_the_best_dev_state():
+@pytest.mark.parametrize("metric", ["accuracy", "loss"])
+def test_early_stopping_restores_the_best_dev_state(metric):
     pm = PromptModel(tiny_backbone("llama"), "{soft*3} {text} Sentiment: {mask}", {"negative": "bad", "positive": "good"},
                      "soft-prompt")
     train, dev = toy_rows(32, seed=8), toy_rows(16, seed=9)
-    res = pm.fit(train, dev, lr=0.5, max_steps=60, batch_size=8, progress=False, eval_every=2, patience=3)
-    best = max(res.history, key=lambda h: (h["accuracy"], -h["loss"]))
+    res = pm.fit(train, dev, lr=0.5, max_steps=60, batch_size=8, progress=False, eval_every=2, patience=3, metric=metric)
+    key = (lambda h: (h["accuracy"], -h["loss"])) if metric == "accuracy" else (lambda h: -h["loss"])
+    best = max(res.history, key=key)
     assert res.best_step == best["step"]
-    dev_now = pm.evaluate(dev)["accuracy"]
-    assert dev_now == pytest.approx(best["accuracy"])
+    now = pm.evaluate(dev)
+    assert now["accuracy"] == pytest.approx(best["accuracy"])
+    y = pm.labels_tensor(dev)
+    assert float(torch.nn.functional.nll_loss(pm.predict_log_probs(dev), y)) == pytest.approx(best["loss"], abs=1e-5)
     if res.stopped_early:
         assert res.steps < 60
 
@@ -119,3 +123,23 @@ def test_labels_missing_from_the_verbalizer_fail_before_training():
     rows = toy_rows(8) + [{"text": "the film", "label": "neutral"}]
     with pytest.raises(VerbalizerError, match="neutral"):
         pm.fit(rows, None, progress=False)
+
+
+def test_soft_prompt_on_an_encoder_head_trains_the_head_and_saves_it(tmp_path, saved_tiny):
+    from prompttune import load
+    from prompttune.backbone import Backbone
+
+    bb = Backbone.load(saved_tiny("bert-head"), family="encoder-head", num_labels=2)
+    pm = PromptModel(bb, "{soft*4} {text}", ["negative", "positive"], "soft-prompt")
+    head = bb.head_parameters()
+    assert head and all(n.startswith("classifier") for n in head)
+    before = {n: p.detach().clone() for n, p in head.items()}
+    encoder_before = bb.model.bert.encoder.layer[0].attention.self.query.weight.detach().clone()
+    pm.fit(toy_rows(24), None, lr=0.05, max_steps=10, progress=False)
+    assert any(not torch.equal(p, before[n]) for n, p in head.items())
+    assert torch.equal(bb.model.bert.encoder.layer[0].attention.self.query.weight, encoder_before)
+    assert pm.num_trainable_parameters() == 4 * 32 + sum(p.numel() for p in head.values())
+    pm.save(tmp_path / "a")
+    again = load(tmp_path / "a")
+    rows = toy_rows(5, seed=9)
+    torch.testing.assert_close(again.predict_log_probs(rows), pm.predict_log_probs(rows))

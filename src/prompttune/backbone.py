@@ -481,6 +481,11 @@ class Backbone:
         for p in self.model.parameters():
             p.requires_grad_(True)
 
+    def head_parameters(self) -> dict:
+        """Parameters outside the base model (a classification head such as ``classifier`` or ``score``)."""
+        base = {id(p) for p in self.model.base_model.parameters()}
+        return {n: p for n, p in self.model.named_parameters() if id(p) not in base}
+
     def fingerprint(self) -> str:
         """Identifies the weights a prompt was trained on: config, vocabulary and a sample of the embeddings."""
         cfg = {k: v for k, v in self.model.config.to_dict().items() if k not in _VOLATILE_CONFIG}

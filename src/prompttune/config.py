@@ -99,6 +99,15 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not isinstance(raw, dict):
             raise ConfigError("the config must be a mapping of sections (model, prompt, method, data, train)", where=str(p),
                               fix="see examples/*.yaml")
+    return _validate(_apply(raw, overrides), where)
+
+
+def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """A copy of ``cfg`` with ``key=value`` overrides applied (as ``--set`` does)."""
+    return _validate(_apply(cfg.model_dump(mode="json"), overrides), "overrides")
+
+
+def _apply(raw: dict, overrides: list[str] | None) -> dict:
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set {item!r} has no '='", where="--set", fix="write --set section.key=value")
@@ -108,6 +117,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         except yaml.YAMLError:
             parsed = value
         _set_path(raw, key.strip(), parsed, f"--set {item}")
+    return raw
+
+
+def _validate(raw: dict, where: str) -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:

@@ -22,6 +22,7 @@ __all__ = ["write_report", "write_json", "REPORT_NAME", "CONFUSION_PNG_NAME"]
 
 REPORT_NAME = "report.md"
 CONFUSION_PNG_NAME = "confusion_matrix.png"
+TRAINING_PNG_NAME = "training_curve.png"
 
 # Longest text shown in one cell of the sample-predictions table.
 _MAX_SAMPLE_TEXT = 300
@@ -317,6 +318,29 @@ def _confusion_png(matrix: list[list[int]], labels: list[str], title: str) -> by
 # --------------------------------------------------------------------------- report
 
 
+def _training_png(history: list[Mapping[str, Any]], best_step: Any) -> bytes:
+    """Dev accuracy and loss against the training step, the kept step marked."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    steps = [h["step"] for h in history]
+    fig = Figure(figsize=(5.5, 3.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(steps, [h.get("accuracy") for h in history], marker="o", color="tab:blue", label="dev accuracy")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("dev accuracy", color="tab:blue")
+    ax2 = ax.twinx()
+    ax2.plot(steps, [h.get("loss") for h in history], marker="s", color="tab:orange", label="dev loss")
+    ax2.set_ylabel("dev loss", color="tab:orange")
+    if best_step is not None:
+        ax.axvline(best_step, color="grey", linestyle="--", linewidth=1)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
 def _validate_metrics(metrics: Mapping[str, Any]) -> tuple[list[str], list[list[int]]]:
     if not isinstance(metrics, Mapping):
         raise ValueError(f"metrics must be a dict, got {type(metrics).__name__}")
@@ -444,6 +468,24 @@ def write_report(
         f"![confusion matrix]({CONFUSION_PNG_NAME})",
         "",
     ]
+
+    training = metrics.get("training") or {}
+    history = training.get("history") or []
+    if history:
+        _atomic_write_bytes(out / TRAINING_PNG_NAME, _training_png(history, training.get("best_step")))
+        parts += [
+            "## Training",
+            "",
+            f"{training.get('steps')} steps in {_fmt_float(training.get('seconds'), 1)} s; the state of step "
+            f"{training.get('best_step')} (best on dev) was kept.",
+            "",
+            f"![training curve]({TRAINING_PNG_NAME})",
+            "",
+            _md_table(["step", "dev accuracy", "dev macro-F1", "dev loss"],
+                      [[h["step"], _fmt_float(h.get("accuracy")), _fmt_float(h.get("macro_f1")), _fmt_float(h.get("loss"))]
+                       for h in history], ["r", "r", "r", "r"]),
+            "",
+        ]
 
     if details:
         parts += ["## Details", "", _details_block(details), ""]

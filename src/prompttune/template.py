@@ -205,6 +205,26 @@ class Template:
         """The same template with ``{soft*count}`` in front (PEFT-style prompt tuning)."""
         return Template("{soft*%d}" % count + self.text)
 
+    def soften(self) -> "Template":
+        """The same prompt with its words as soft tokens initialised from those words.
+
+        ``Review: {text}\nSentiment: {mask}`` becomes ``{soft:Review:} {text}\n{soft:Sentiment:} {mask}``: before any
+        training it scores exactly as the hand-written prompt does, and tuning starts from there. Whitespace stays
+        literal (it belongs to the neighbouring input and label word); text with braces stays literal."""
+        out: list[str] = []
+        for seg in self.segments:
+            if isinstance(seg, Text):
+                core = seg.text.strip()
+                if not core or "{" in core or "}" in core:
+                    out.append(seg.text.replace("{", "{{").replace("}", "}}"))
+                    continue
+                lead = seg.text[: len(seg.text) - len(seg.text.lstrip())]
+                trail = seg.text[len(seg.text.rstrip()):]
+                out.append(f"{lead}{{soft:{core}}}{trail}")
+            else:
+                out.append(_segment_text(seg))
+        return Template("".join(out))
+
     def check(self, *, needs_mask: bool, columns: Iterable[str] | None = None, where: str = "template") -> None:
         if needs_mask and self.n_masks == 0:
             raise TemplateError(f"the template {self.text!r} has no {{mask}} slot", where=where,
@@ -407,6 +427,19 @@ def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
         if full[i : i + len(bare)] == bare:
             return list(full[:i]), list(full[i + len(bare) :])
     return [], []
+
+
+def _segment_text(seg: Segment) -> str:
+    if isinstance(seg, Text):
+        return seg.text.replace("{", "{{").replace("}", "}}")
+    if isinstance(seg, Field):
+        return "{%s}" % seg.name
+    if isinstance(seg, Mask):
+        return "{mask}"
+    name = f"#{seg.name}" if seg.name else ""
+    count = f"*{seg.count}" if seg.count is not None else ""
+    init = f":{seg.init}" if seg.init else ""
+    return "{soft%s%s%s}" % (name, count, init)
 
 
 def tail_is_empty(segments: Sequence[Segment]) -> bool:

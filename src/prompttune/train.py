@@ -39,7 +39,9 @@ class TrainConfig(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     eval_every: int | None = Field(None, ge=1, description="optimizer steps between dev evaluations (default: one epoch, at least 10)")
     patience: int = Field(6, ge=1, description="stop after this many dev evaluations without improvement")
-    metric: Literal["accuracy", "macro_f1"] = Field("accuracy", description="dev metric for early stopping (ties broken by dev loss)")
+    metric: Literal["accuracy", "macro_f1", "loss"] = Field(
+        "loss", description="dev metric for early stopping and best-state restore (accuracy and macro_f1 ties are broken by dev "
+                            "loss). Default loss: with 16 dev examples per class accuracy moves in steps of 3 points and picks noise")
     seed: int = Field(0, description="seed for initialisation, data order and dropout")
     eval_batch_size: int = Field(16, ge=1, description="batch size for evaluation")
     checkpoint_dir: str | None = Field(None, description="where the resumable checkpoint is written (None = no checkpoint)")
@@ -151,7 +153,23 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
 
     bar = tqdm(total=max_steps, initial=state["step"], desc=f"train {pm.method.name}", unit="step",
                disable=not (cfg.progress and main), dynamic_ncols=True)
+    def check_dev():
+        """Evaluate on dev; on a new best, return a copy of the trainable parameters."""
+        dev = _dev_eval(pm, dev_rows, cfg)
+        score = (-dev["loss"], 0.0) if cfg.metric == "loss" else (dev[cfg.metric], -dev["loss"])
+        state["history"].append({"step": state["step"], **{k: dev[k] for k in ("accuracy", "macro_f1", "loss")}})
+        if cfg.log_with:
+            accelerator.log({f"dev/{k}": dev[k] for k in ("accuracy", "macro_f1", "loss")}, step=state["step"])
+        if state["best_score"] is None or score > tuple(state["best_score"]):
+            state.update(best_score=list(score), best_step=state["step"], bad_evals=0,
+                         best_dev={k: dev[k] for k in ("accuracy", "macro_f1", "loss")})
+            return [p.detach().clone() for p in params]
+        state["bad_evals"] += 1
+        return None
+
     start = time.perf_counter()
+    if dev_rows and state["step"] == 0:  # the untrained prompt is a candidate too: training must beat it on dev
+        best_params = check_dev()
     model.train()
     stopped_early = False
     running = None
@@ -177,19 +195,9 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
             accelerator.log({"train/loss": lv, "train/lr": scheduler.get_last_lr()[0]}, step=state["step"])
 
         if dev_rows and (state["step"] % eval_every == 0 or state["step"] == max_steps):
-            dev = _dev_eval(pm, dev_rows, cfg)
-            score = (dev[cfg.metric], -dev["loss"])
-            state["history"].append({"step": state["step"], **{k: dev[k] for k in ("accuracy", "macro_f1", "loss")}})
-            if cfg.log_with:
-                accelerator.log({f"dev/{k}": dev[k] for k in ("accuracy", "macro_f1", "loss")}, step=state["step"])
-            if state["best_score"] is None or score > tuple(state["best_score"]):
-                state.update(best_score=list(score), best_step=state["step"], bad_evals=0,
-                             best_dev={k: dev[k] for k in ("accuracy", "macro_f1", "loss")})
-                best_params = [p.detach().clone() for p in params]
-            else:
-                state["bad_evals"] += 1
+            best_params = check_dev() or best_params
             model.train()
-            if state["bad_evals"] >= cfg.patience:
+            if state["bad_evals"] >= cfg.patience and state["step"] < max_steps:
                 stopped_early = True
                 break
         if ckpt is not None and main and state["step"] % ckpt_every == 0:
@@ -205,7 +213,7 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
     if cfg.log_with:
         accelerator.end_training()
     pm.eval()
-    return TrainResult(steps=state["step"], best_step=state["best_step"] or state["step"], best_dev=state["best_dev"],
+    return TrainResult(steps=state["step"], best_step=state["best_step"] if state["best_dev"] else state["step"], best_dev=state["best_dev"],
                        history=state["history"], seconds=time.perf_counter() - start, stopped_early=stopped_early)
 
 

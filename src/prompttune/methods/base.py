@@ -126,11 +126,19 @@ class Method(nn.Module):
             self.soft.to(backbone.model.get_input_embeddings().weight.device)
 
     def set_trainable(self, backbone) -> None:
-        """Freeze or unfreeze the backbone as this method trains it (another model on the same backbone may have changed it)."""
+        """Freeze or unfreeze the backbone as this method trains it (another model on the same backbone may have changed it).
+
+        A frozen encoder + head backbone keeps its task head trainable (as PEFT's modules_to_save does): a freshly
+        initialised classification head cannot be left random. The head is then saved with the prompt."""
         if self.trains_backbone:
             backbone.unfreeze()
-        else:
-            backbone.freeze()
+            return
+        backbone.freeze()
+        self._head = {}
+        if backbone.family.name == "encoder-head" and self.trainable:
+            self._head = backbone.head_parameters()
+            for p in self._head.values():
+                p.requires_grad_(True)
 
     def embed(self, backbone, input_ids: torch.Tensor, soft_index: torch.Tensor) -> torch.Tensor:
         embeds = backbone.embed(input_ids)
@@ -143,14 +151,25 @@ class Method(nn.Module):
         params = [p for p in self.parameters() if p.requires_grad]
         if self.trains_backbone:
             params += [p for p in backbone.model.parameters() if p.requires_grad]
+        else:
+            params += list(getattr(self, "_head", {}).values())
         return params
 
     def prompt_tensors(self) -> dict[str, torch.Tensor]:
         """Tensors saved in prompt.safetensors (the backbone, if trained, is saved separately)."""
-        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        out = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        out.update({f"head/{k}": v.detach().cpu().contiguous() for k, v in getattr(self, "_head", {}).items()})
+        return out
 
     def load_prompt_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.load_state_dict(tensors, strict=True)
+        head = {k[5:]: v for k, v in tensors.items() if k.startswith("head/")}
+        self.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("head/")}, strict=True)
+        mine = getattr(self, "_head", {})
+        if set(head) != set(mine):
+            raise KeyError(f"head tensors {sorted(head)} do not match the backbone's head {sorted(mine)}")
+        with torch.no_grad():
+            for k, v in head.items():
+                mine[k].copy_(v)
 
     def config_dict(self) -> dict:
         return {"name": self.name, **self.options.model_dump()}

@@ -1,7 +1,14 @@
 """Soft prompt tuning (Lester et al. 2021) and P-tuning (Liu et al. 2021): the backbone stays frozen,
-only the soft-token rows train (through a prompt encoder when ``encoder`` is mlp or lstm)."""
+only the soft-token rows train (through a prompt encoder when ``encoder`` is mlp or lstm).
+
+Where the template has no ``{soft}`` placeholder, ``placement`` decides where soft tokens go:
+``template`` turns the prompt's own words into soft tokens initialised from those words, so training starts
+exactly at the hand-written prompt's zero-shot behaviour; ``prefix`` puts ``num_tokens`` new tokens in front
+(PEFT's prompt tuning)."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field
 
@@ -9,7 +16,10 @@ from .base import Method, MethodOptions
 
 
 class SoftPromptOptions(MethodOptions):
-    num_tokens: int = Field(8, ge=1, le=4096, description="soft tokens put in front of the template when it has no {soft}")
+    placement: Literal["template", "prefix"] = Field(
+        "prefix", description="when the template has no {soft}: tune its own words as soft tokens (template) or put "
+                                "num_tokens new soft tokens in front (prefix)")
+    num_tokens: int = Field(8, ge=1, le=4096, description="soft tokens put in front with placement: prefix")
 
 
 class SoftPrompt(Method):
@@ -19,4 +29,10 @@ class SoftPrompt(Method):
     description = "frozen backbone; trains soft tokens (optionally through a P-tuning MLP/LSTM encoder)"
 
     def prepare_template(self, template):
-        return template if template.has_soft else template.with_soft_prefix(self.options.num_tokens)
+        if template.has_soft:
+            return template
+        if self.options.placement == "template":
+            softened = template.soften()
+            if softened.has_soft:
+                return softened
+        return template.with_soft_prefix(self.options.num_tokens)
