@@ -61,6 +61,7 @@ def test_train_eval_predict_from_a_config_file(monkeypatch, capsys, workdir):
     for name in ("prompt.json", "prompt.safetensors", "metrics.json", "report.md", "confusion_matrix.png", "training_curve.png",
                  "config.yaml"):
         assert (out_dir / name).exists(), name
+    assert not (out_dir / "checkpoint").exists()  # removed once training finished
     assert res["n"] == 20 and 0 <= res["accuracy"] <= 1 and "zero_shot" in res
     assert res["trainable_parameters"] == 4 * 32
     assert "train.seed" not in out and "seed: 3" in (out_dir / "config.yaml").read_text()

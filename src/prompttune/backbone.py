@@ -143,6 +143,14 @@ def _pack(ids: list[list[int]], soft: list[list[int]], pad_id: int, side: str):
     return input_ids, soft_index, attention, offset
 
 
+def _scored_rows(ids, soft, tpos, tids, n_examples: int, pad_id: int, side: str) -> Rows:
+    """Rows whose targets are scored by likelihood; target positions shift with left padding."""
+    input_ids, soft_index, attention, offset = _pack(ids, soft, pad_id, side)
+    tpos_t = _pad(tpos, -1, "right")
+    tpos_t = torch.where(tpos_t >= 0, tpos_t + offset[:, None], tpos_t)
+    return Rows(input_ids, soft_index, attention, n_examples, target_pos=tpos_t, target_ids=_pad(tids, -100, "right"))
+
+
 class Family:
     name: ClassVar[str]
     auto_class: ClassVar[str]
@@ -186,6 +194,12 @@ class Family:
             kw["position_ids"] = self._position_ids(rows.attention_mask)
         return kw
 
+    def _scores_from_logits(self, logits: torch.Tensor, rows: Rows) -> torch.Tensor:
+        if rows.read_pos is not None:
+            at = logits[torch.arange(logits.shape[0], device=logits.device), rows.read_pos]
+            return at[:, rows.word_ids].float()
+        return self._general_scores(logits, rows)
+
     def _general_scores(self, logits: torch.Tensor, rows: Rows, *, gathered: bool = False) -> torch.Tensor:
         """Sum of target-token log-probs per row, reshaped to (n_examples, W). ``logits`` is (R, T, V), or
         (R, L, V) already taken at the target positions when ``gathered``."""
@@ -223,10 +237,7 @@ class CausalLM(Family):
                 soft.append(s)
                 tids.append(i[p:])
                 tpos.append(list(range(p - 1, len(i) - 1)))
-        input_ids, soft_index, attention, offset = _pack(ids, soft, self.pad_id, padding_side)
-        tpos_t = _pad(tpos, -1, "right")
-        tpos_t = torch.where(tpos_t >= 0, tpos_t + offset[:, None], tpos_t)
-        return Rows(input_ids, soft_index, attention, len(rendered), target_pos=tpos_t, target_ids=_pad(tids, -100, "right"))
+        return _scored_rows(ids, soft, tpos, tids, len(rendered), self.pad_id, padding_side)
 
     def word_scores(self, embeds, rows):
         kw = self._encoder_kwargs(embeds, rows)
@@ -280,17 +291,11 @@ class MaskedLM(Family):
                 soft.append(s)
                 tids.append(list(w))
                 tpos.append(list(range(p, p + len(w))))
-        input_ids, soft_index, attention, offset = _pack(ids, soft, self.pad_id, padding_side)
-        tpos_t = _pad(tpos, -1, "right")
-        tpos_t = torch.where(tpos_t >= 0, tpos_t + offset[:, None], tpos_t)
-        return Rows(input_ids, soft_index, attention, len(rendered), target_pos=tpos_t, target_ids=_pad(tids, -100, "right"))
+        return _scored_rows(ids, soft, tpos, tids, len(rendered), self.pad_id, padding_side)
 
     def word_scores(self, embeds, rows):
         logits = self.model(**self._encoder_kwargs(embeds, rows)).logits
-        if rows.read_pos is not None:
-            at = logits[torch.arange(logits.shape[0], device=logits.device), rows.read_pos]
-            return at[:, rows.word_ids].float()
-        return self._general_scores(logits, rows)
+        return self._scores_from_logits(logits, rows)
 
 
 class Seq2Seq(Family):
@@ -340,10 +345,7 @@ class Seq2Seq(Family):
     def word_scores(self, embeds, rows):
         logits = self.model(inputs_embeds=embeds, attention_mask=rows.attention_mask, decoder_input_ids=rows.decoder_input_ids,
                             decoder_attention_mask=rows.decoder_attention_mask, use_cache=False).logits
-        if rows.read_pos is not None:
-            at = logits[torch.arange(logits.shape[0], device=logits.device), rows.read_pos]
-            return at[:, rows.word_ids].float()
-        return self._general_scores(logits, rows)
+        return self._scores_from_logits(logits, rows)
 
 
 class EncoderHead(Family):

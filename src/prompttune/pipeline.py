@@ -5,6 +5,7 @@ The CLI commands are a few lines over these functions.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -77,6 +78,8 @@ def run_training(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
         tc = cfg.train.model_copy(update={"progress": progress and cfg.train.progress,
                                           "checkpoint_dir": cfg.train.checkpoint_dir or (str(out) if not pm.method.trains_backbone else None)})
         result = pm.fit(train, dev, **tc.model_dump())
+        if not cfg.train.stop_after and tc.checkpoint_dir:  # finished: the resumable checkpoint has served its purpose
+            shutil.rmtree(Path(tc.checkpoint_dir) / "checkpoint", ignore_errors=True)
         log(f"trained {result.steps} steps in {result.seconds:.1f}s; best dev {result.best_dev} at step {result.best_step}")
     if cfg.prompt.calibrate:
         pm.calibrate()
