@@ -143,3 +143,24 @@ def test_soft_prompt_on_an_encoder_head_trains_the_head_and_saves_it(tmp_path, s
     again = load(tmp_path / "a")
     rows = toy_rows(5, seed=9)
     torch.testing.assert_close(again.predict_log_probs(rows), pm.predict_log_probs(rows))
+
+
+def test_sentence_pair_template_trains_and_truncates_the_longer_field():
+    import random
+
+    rng = random.Random(0)
+    words = ["good", "bad", "film", "plot", "actor", "story"]
+    rows = []
+    for i in range(32):
+        premise = " ".join(rng.choices(words, k=rng.randint(3, 30)))
+        hyp = rng.choice(premise.split()) if i % 2 == 0 else "terrible"
+        rows.append({"premise": premise, "hypothesis": hyp, "label": "yes" if i % 2 == 0 else "no"})
+    pm = PromptModel(tiny_backbone("llama"), "{soft*2} {premise} ? {mask} , {hypothesis}", {"yes": "yes", "no": "no"},
+                     "soft-prompt", max_length=24)
+    long_row = max(rows, key=lambda r: len(r["premise"]))
+    r = pm.render(long_row)
+    assert r.truncated and len(r.ids) <= 24 and r.soft[:2] == [0, 1]
+    y = pm.labels_tensor(rows)
+    loss0 = float(torch.nn.functional.nll_loss(pm.predict_log_probs(rows), y))
+    pm.fit(rows, None, lr=0.05, max_steps=30, **FAST)
+    assert float(torch.nn.functional.nll_loss(pm.predict_log_probs(rows), y)) < loss0

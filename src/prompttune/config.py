@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 from .train import TrainConfig
@@ -34,6 +34,14 @@ class PromptConfig(_Section):
     calibrate: bool = Field(False, description="contextual calibration (content-free input) of the final scores")
     max_length: int = Field(256, ge=8, description="maximum tokens per example; only input fields are truncated")
     padding_side: Literal["left", "right"] = Field("right", description="padding side of batches")
+
+    @field_validator("template")
+    @classmethod
+    def _parses(cls, text: str) -> str:
+        from .template import Template
+
+        Template(text)  # a bad template fails here, before any model or data loads, naming its column
+        return text
 
 
 class MethodConfig(BaseModel):
