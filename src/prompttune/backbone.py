@@ -458,6 +458,7 @@ class Backbone:
             extra["num_labels"] = num_labels
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, **kw)
         model, info = auto.from_pretrained(path, dtype=torch_dtype, output_loading_info=True, **kw, **extra)
+        _drop_gguf_quantizer(model)  # a dequantised copy written by an older prompttune may still say "gguf"
         missing = [k for k in info.get("missing_keys", []) if "classifier" not in k and "score" not in k]
         if family == "masked-lm" and missing:
             raise BackboneError(f"{name!r} has no masked-LM head (missing weights such as {missing[0]}), so mask-filling with it is meaningless",
@@ -503,13 +504,28 @@ class Backbone:
         return sum(p.numel() for p in self.model.parameters())
 
 
+def _drop_gguf_quantizer(model) -> None:
+    """Dequantised GGUF weights are plain tensors; without this, transformers still treats the model as
+    quantised and refuses to save it (fine-tuning methods save their backbone)."""
+    quant = getattr(model.config, "quantization_config", None)
+    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    if quant is not None and str(method).lower().endswith("gguf"):
+        model.hf_quantizer = None
+        del model.config.quantization_config
+        if hasattr(model, "is_quantized"):
+            try:
+                model.is_quantized = False
+            except AttributeError:
+                pass
+
+
 def _dequantised_copy(directory: str, gguf_file: str, dtype: torch.dtype) -> Path:
     """GGUF weights are dequantised on every load (~20 s); keep one plain copy and load that instead."""
     src = Path(directory) / gguf_file
     if not src.is_file():
         raise BackboneError(f"GGUF file {src} does not exist", fix="check the path and gguf_file")
     st = src.stat()
-    key = hashlib.sha1(f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}|{dtype}".encode()).hexdigest()[:12]
+    key = hashlib.sha1(f"v2|{src.resolve()}|{st.st_size}|{st.st_mtime_ns}|{dtype}".encode()).hexdigest()[:12]
     out = cache_root() / "models" / f"{src.stem}-{key}"
     if (out / "config.json").exists():
         return out
@@ -518,7 +534,7 @@ def _dequantised_copy(directory: str, gguf_file: str, dtype: torch.dtype) -> Pat
     log.info("dequantising %s once into %s", src, out)
     tok = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
     model = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=dtype)
-    model.hf_quantizer = None
+    _drop_gguf_quantizer(model)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
     try:
