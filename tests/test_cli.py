@@ -129,3 +129,17 @@ def test_example_configs_are_valid(path):
     cfg = load_config(path)
     Template(cfg.prompt.template)
     Verbalizer.from_spec(cfg.prompt.verbalizer)
+
+
+@pytest.mark.parametrize("tuned,hint", [(0.80, False), (0.75, True)])
+def test_demo_text_output_reports_both_accuracies_and_says_when_tuning_did_not_help(monkeypatch, capsys, tmp_path, tuned, hint):
+    import prompttune.pipeline as pipeline
+
+    fake = {"zero_shot_accuracy": 0.786, "tuned_accuracy": tuned, "test_size": 500, "trainable_parameters": 4608,
+            "artifact_bytes": 19539, "seconds": 150.0,
+            "predictions": [{"text": "Great.", "label": "positive", "probabilities": {"negative": 0.1, "positive": 0.9}}]}
+    monkeypatch.setattr(pipeline, "run_demo", lambda *a, **k: fake)
+    code, out, _ = run(monkeypatch, capsys, "demo", "--output", tmp_path)
+    assert code == 0
+    assert f"zero-shot accuracy 0.7860 -> tuned {tuned:.4f} on 500" in out and "positive (0.90)  Great." in out
+    assert ("did not beat the hand-written one" in out) == hint

@@ -123,7 +123,7 @@ def demo(output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="
         if res["tuned_accuracy"] <= res["zero_shot_accuracy"]:
             print("  the tuned soft prompt did not beat the hand-written one on this sample: with 16 examples per class a soft "
                   "prompt on a 135M model varies with the sample (mean over 5 seeds 0.793 vs 0.786; README, 'Measured'). "
-                  "Try --seed 1, or prompt-based fine-tuning: prompttune train examples/sentiment-pet.yaml")
+                  "Try other samples (--seed N), or prompt-based fine-tuning: prompttune train examples/sentiment-pet.yaml")
         print(f"{res['trainable_parameters']} trainable parameters, artifact {res['artifact_bytes']} bytes, {res['seconds']:.0f} s; report: {output}/report.md")
         for p in res["predictions"]:
             print(f"  {p['label']:>8} ({max(p['probabilities'].values()):.2f})  {p['text']}")
