@@ -512,11 +512,6 @@ def _drop_gguf_quantizer(model) -> None:
     if quant is not None and str(method).lower().endswith("gguf"):
         model.hf_quantizer = None
         del model.config.quantization_config
-        if hasattr(model, "is_quantized"):
-            try:
-                model.is_quantized = False
-            except AttributeError:
-                pass
 
 
 def _dequantised_copy(directory: str, gguf_file: str, dtype: torch.dtype) -> Path:

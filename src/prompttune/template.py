@@ -216,7 +216,7 @@ class Template:
             if isinstance(seg, Text):
                 core = seg.text.strip()
                 if not core or "{" in core or "}" in core:
-                    out.append(seg.text.replace("{", "{{").replace("}", "}}"))
+                    out.append(_segment_text(seg))
                     continue
                 lead = seg.text[: len(seg.text) - len(seg.text.lstrip())]
                 trail = seg.text[len(seg.text.rstrip()):]

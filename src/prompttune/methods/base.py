@@ -109,6 +109,7 @@ class Method(nn.Module):
             raise ConfigError(f"bad options for method {self.name!r}: {e}", where="method",
                               fix=f"valid options: {', '.join(self.Options.model_fields)}") from None
         self.soft: SoftTable | None = None
+        self._head: dict[str, nn.Parameter] = {}  # a frozen encoder + head backbone's task head, trained with the prompt
 
     # ---- hooks -------------------------------------------------------------------------------
     def prepare_template(self, template: Template) -> Template:
@@ -134,11 +135,9 @@ class Method(nn.Module):
             backbone.unfreeze()
             return
         backbone.freeze()
-        self._head = {}
-        if backbone.family.name == "encoder-head" and self.trainable:
-            self._head = backbone.head_parameters()
-            for p in self._head.values():
-                p.requires_grad_(True)
+        self._head = backbone.head_parameters() if backbone.family.name == "encoder-head" and self.trainable else {}
+        for p in self._head.values():
+            p.requires_grad_(True)
 
     def embed(self, backbone, input_ids: torch.Tensor, soft_index: torch.Tensor) -> torch.Tensor:
         embeds = backbone.embed(input_ids)
@@ -152,24 +151,23 @@ class Method(nn.Module):
         if self.trains_backbone:
             params += [p for p in backbone.model.parameters() if p.requires_grad]
         else:
-            params += list(getattr(self, "_head", {}).values())
+            params += list(self._head.values())
         return params
 
     def prompt_tensors(self) -> dict[str, torch.Tensor]:
         """Tensors saved in prompt.safetensors (the backbone, if trained, is saved separately)."""
         out = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        out.update({f"head/{k}": v.detach().cpu().contiguous() for k, v in getattr(self, "_head", {}).items()})
+        out.update({f"head/{k}": v.detach().cpu().contiguous() for k, v in self._head.items()})
         return out
 
     def load_prompt_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         head = {k[5:]: v for k, v in tensors.items() if k.startswith("head/")}
         self.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("head/")}, strict=True)
-        mine = getattr(self, "_head", {})
-        if set(head) != set(mine):
-            raise KeyError(f"head tensors {sorted(head)} do not match the backbone's head {sorted(mine)}")
+        if set(head) != set(self._head):
+            raise KeyError(f"head tensors {sorted(head)} do not match the backbone's head {sorted(self._head)}")
         with torch.no_grad():
             for k, v in head.items():
-                mine[k].copy_(v)
+                self._head[k].copy_(v)
 
     def config_dict(self) -> dict:
         return {"name": self.name, **self.options.model_dump()}
