@@ -162,6 +162,7 @@ class Family:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         params = inspect.signature(model.forward).parameters
         self.takes_position_ids = "position_ids" in params
+        self.position_offset = 0  # the length of an attention-level prefix, where positions continue after it
 
     # what the renderer writes into the mask slot (one token)
     def placeholder_id(self) -> int:
@@ -186,7 +187,14 @@ class Family:
 
     # ---- shared helpers ----
     def _position_ids(self, attention: torch.Tensor) -> torch.Tensor:
-        return (attention.cumsum(-1) - 1).clamp_min(0)
+        return (attention.cumsum(-1) - 1).clamp_min(0) + self.position_offset
+
+    # a prefix in every attention layer: does the input continue its positions (as after a cache of that length)?
+    prefix_shifts_positions: ClassVar[bool] = False
+
+    def probe(self, ids: torch.Tensor):
+        """Run the model on token ids (1, T) alone; used to find attention layers and to read their keys/values."""
+        return self.model(input_ids=ids, attention_mask=torch.ones_like(ids))
 
     def _encoder_kwargs(self, embeds, rows: Rows) -> dict:
         kw = dict(inputs_embeds=embeds, attention_mask=rows.attention_mask)
@@ -214,6 +222,7 @@ class Family:
 class CausalLM(Family):
     name = "causal-lm"
     auto_class = "AutoModelForCausalLM"
+    prefix_shifts_positions = True  # as with a cache holding the prefix (PEFT's prefix tuning does the same)
 
     def fast_ok(self, words, template_tail_empty):
         return template_tail_empty and all(len(w) == 1 for w in words)
@@ -320,6 +329,9 @@ class Seq2Seq(Family):
 
     def reserve(self, words):
         return 0
+
+    def probe(self, ids):
+        return self.model(input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=ids)
 
     def build(self, rendered, words, *, fast, padding_side):
         prefix = [self.start_id] + ([self.sentinel] if self.sentinel is not None else [])
@@ -483,6 +495,39 @@ class Backbone:
     def unfreeze(self) -> None:
         for p in self.model.parameters():
             p.requires_grad_(True)
+
+    def gradient_checkpointing(self, on: bool = True) -> None:
+        """Recompute activations during backward (non-reentrant, so a frozen model with trainable prompts works)."""
+        if not getattr(self.model, "supports_gradient_checkpointing", False):
+            raise BackboneError(f"{type(self.model).__name__} does not support gradient checkpointing",
+                                fix="set train.gradient_checkpointing: false")
+        if on:
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.model.activation_checkpointing_disable()
+
+    def prefix_injector(self):
+        """The attention-level prefix hook of this model (installed on first use)."""
+        from .prefix_attention import PrefixInjector
+
+        ids = torch.tensor([[self.family.pad_id, self.family.pad_id]], device=self.model.get_input_embeddings().weight.device)
+        return PrefixInjector.of(self.model, lambda: self.family.probe(ids))
+
+    def set_prefix(self, prefix) -> None:
+        """Keys/values to put in front of every self-attention layer from the next forward on (``None``: none)."""
+        inj = getattr(self.model, "_prompttune_injector", None)
+        if inj is None:
+            if prefix is None:
+                return
+            inj = self.prefix_injector()
+        inj.prefix = prefix
+        self.family.position_offset = prefix[0][0].shape[-2] if prefix is not None and self.family.prefix_shifts_positions else 0
+
+    def text_kv(self, text: str | list[int]) -> list:
+        """Per attention layer, the keys and values (heads, T, head_dim) this model computes for ``text`` on its own."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if isinstance(text, str) else list(text)
+        t = torch.tensor([ids], device=self.model.get_input_embeddings().weight.device)
+        return self.prefix_injector().layer_kv(lambda: self.family.probe(t))
 
     def head_parameters(self) -> dict:
         """Parameters outside the base model (a classification head such as ``classifier`` or ``score``)."""

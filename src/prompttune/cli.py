@@ -129,6 +129,44 @@ def demo(output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="
             print(f"  {p['label']:>8} ({max(p['probabilities'].values()):.2f})  {p['text']}")
 
 
+@app.command("export-peft")
+def export_peft_(directory: Path = typer.Argument(..., help="soft-prompt or prefix artifact directory"),
+                 output: Path = typer.Argument(..., help="directory to write the PEFT adapter into")) -> None:
+    """Export a prompt as a PEFT adapter (adapter_config.json + adapter_model.safetensors) for PeftModel.from_pretrained."""
+    from .artifact import load
+    from .interop import export_peft
+
+    out = export_peft(load(directory), output)
+    print(f"PEFT adapter written to {out} (load it with peft.PeftModel.from_pretrained(model, {str(out)!r}))")
+
+
+@app.command("import-peft")
+def import_peft_(adapter: Path = typer.Argument(..., help="PEFT prompt-tuning, P-tuning or prefix-tuning adapter directory"),
+                 output: Path = typer.Argument(..., help="where to write the prompttune artifact"),
+                 model: str = typer.Option(..., "--model", help="the backbone the adapter was trained on (short name, hub id or directory)"),
+                 template: Optional[str] = typer.Option(None, "--template", help="template (default: the adapter's prompttune.json)"),
+                 verbalizer: Optional[str] = typer.Option(None, "--verbalizer", help="JSON object label -> words, or a .json file")) -> None:
+    """Import a PEFT prompt adapter as a prompttune artifact (P-tuning encoders and prefix projections folded in)."""
+    from .backbone import Backbone
+    from .interop import import_peft
+    from .verbalizer import Verbalizer
+
+    verb = None
+    if verbalizer:
+        verb = Verbalizer.from_spec(verbalizer if verbalizer.endswith(".json") else _json_arg(verbalizer, "--verbalizer"))
+    n = len(verb.labels) if verb else None
+    pm = import_peft(adapter, Backbone.load(model, num_labels=n), template=template, verbalizer=verb)
+    pm.save(output)
+    print(f"{pm.method.name} artifact written to {output}")
+
+
+def _json_arg(text: str, where: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PromptTuneError(f"{where} is not valid JSON ({e})", where=where, fix='write e.g. \'{"negative": "bad", "positive": "good"}\'') from None
+
+
 @app.command("list")
 def list_() -> None:
     """List the built-in models, corpora and methods."""

@@ -114,6 +114,7 @@ class PromptModel(nn.Module):
     # ---- scoring ---------------------------------------------------------------------------
     def forward(self, batch: Rows, *, calibrate: bool = True) -> torch.Tensor:
         batch = batch.to(self.device)
+        self.backbone.set_prefix(self.method.prefix_kv(self.backbone))
         embeds = self.method.embed(self.backbone, batch.input_ids, batch.soft_index)
         scores = self.backbone.family.word_scores(embeds, batch)
         if not self.backbone.family.uses_verbalizer:

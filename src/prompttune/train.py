@@ -50,6 +50,7 @@ class TrainConfig(BaseModel):
     log_with: list[str] = Field(default_factory=list, description="accelerate trackers, e.g. [tensorboard] or [wandb]")
     logging_dir: str | None = Field(None, description="directory for tracker logs")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="accelerate mixed precision")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward to save memory (slower steps)")
     progress: bool = Field(True, description="show a progress bar")
     stop_after: int | None = Field(None, ge=1, description="halt after this many steps as if interrupted (for resume tests)")
 
@@ -112,6 +113,8 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
     pm.method.set_trainable(pm.backbone)
     pm.verbalizer.calibration = None  # calibration is recomputed for the tuned prompt, never trained through
 
+    if cfg.gradient_checkpointing:
+        pm.backbone.gradient_checkpointing(True)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
                               log_with=cfg.log_with or None, project_dir=cfg.logging_dir)
     set_seed(cfg.seed)

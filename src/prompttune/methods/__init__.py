@@ -5,11 +5,13 @@ from __future__ import annotations
 from ..errors import ConfigError
 from .base import Method, MethodOptions, SoftTable
 from .head_finetune import HeadFinetune
+from .lora import Lora
+from .prefix import Prefix
 from .prompt_finetune import PromptFinetune
 from .soft_prompt import SoftPrompt
 from .zero_shot import ZeroShot
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, SoftPrompt, PromptFinetune, HeadFinetune)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, SoftPrompt, Prefix, Lora, PromptFinetune, HeadFinetune)}
 
 
 def make_method(name: str, **options) -> Method:

@@ -29,6 +29,9 @@ class MethodOptions(BaseModel):
     encoder_hidden: int = Field(0, ge=0, description="hidden size of the prompt encoder (0 = the model's hidden size)")
 
 
+_SOFT_INITS = ("auto", "text", "labels", "vocab", "random")
+
+
 class SoftTable(nn.Module):
     """The soft-token rows of a template, optionally produced by a P-tuning prompt encoder.
 
@@ -120,10 +123,12 @@ class Method(nn.Module):
         self.set_trainable(backbone)
         n = template.n_soft(backbone.tokenizer)
         if n:
-            self.soft = SoftTable(n, backbone.hidden_size, encoder=self.options.encoder, encoder_hidden=self.options.encoder_hidden)
+            o = self.options  # methods whose options have no soft-token settings get the defaults
+            self.soft = SoftTable(n, backbone.hidden_size, encoder=getattr(o, "encoder", "none"), encoder_hidden=getattr(o, "encoder_hidden", 0))
             if init:
+                how = getattr(o, "init", "auto")
                 with torch.no_grad():
-                    self.soft.weight.copy_(_init_rows(backbone, template, verbalizer, self.options.init, n, seed))
+                    self.soft.weight.copy_(_init_rows(backbone, template, verbalizer, how if how in _SOFT_INITS else "auto", n, seed))
             self.soft.to(backbone.model.get_input_embeddings().weight.device)
 
     def set_trainable(self, backbone) -> None:
@@ -145,6 +150,10 @@ class Method(nn.Module):
             table = self.soft().to(embeds.dtype)
             embeds = torch.where((soft_index >= 0)[..., None], table[soft_index.clamp_min(0)], embeds)
         return embeds
+
+    def prefix_kv(self, backbone) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Keys and values to put in front of every self-attention layer, or None (deep prompt methods override)."""
+        return None
 
     def trainable_parameters(self, backbone) -> list[nn.Parameter]:
         params = [p for p in self.parameters() if p.requires_grad]

@@ -1,0 +1,83 @@
+"""LoRA (Hu et al. 2021) through ``peft``, as a baseline next to the prompt methods: the same template, verbalizer,
+trainer, metrics and artifact layout, so methods are compared by changing one line of the config.
+
+The low-rank matrices are injected into the backbone's linear layers with ``peft.inject_adapter_in_model`` (the model
+keeps its class, so every family works unchanged); only they train, and only they are saved (``lora/<name>`` in
+``prompt.safetensors``). ``B`` starts at zero, so before training the model scores exactly as without LoRA.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from ..errors import ConfigError
+from .base import Method
+
+ADAPTER = "prompttune"
+
+
+class LoraOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(8, ge=1, description="rank of the update")
+    alpha: float = Field(16, gt=0, description="scaling numerator (the update is scaled by alpha / r)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
+    target_modules: list[str] | None = Field(None, description="module names to adapt (default: peft's choice for the model type, "
+                                                                "e.g. q_proj and v_proj)")
+
+
+class Lora(Method):
+    name = "lora"
+    Options = LoraOptions
+    default_lr = 1e-3
+    description = "frozen backbone + trainable low-rank updates of its attention weights (via peft)"
+
+    def attach(self, backbone, template, verbalizer, *, init: bool = True, seed: int = 0) -> None:
+        import torch
+        from peft import LoraConfig, inject_adapter_in_model
+
+        if any(n.endswith(".lora_A") for n, _ in backbone.model.named_modules()):
+            raise ConfigError("this backbone already carries a LoRA adapter from another model", where="method.name",
+                              fix="load a fresh backbone for each LoRA model")
+        o = self.options
+        cfg = LoraConfig(r=o.r, lora_alpha=o.alpha, lora_dropout=o.dropout, target_modules=o.target_modules, bias="none")
+        if cfg.target_modules is None:
+            from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
+
+            mtype = backbone.model.config.model_type
+            if mtype not in defaults:
+                raise ConfigError(f"peft has no default LoRA target modules for model type {mtype!r}", where="method.target_modules",
+                                  fix="name them, e.g. target_modules: [query, value]")
+            cfg.target_modules = set(defaults[mtype])
+        torch.manual_seed(seed)
+        try:
+            inject_adapter_in_model(cfg, backbone.model, adapter_name=ADAPTER)
+        except ValueError as e:
+            raise ConfigError(f"cannot inject LoRA: {e}", where="method.target_modules", fix="name linear layers of this model") from None
+        self._lora = {n: p for n, p in backbone.model.named_parameters() if ".lora_" in n}
+        super().attach(backbone, template, verbalizer, init=init, seed=seed)
+
+    def set_trainable(self, backbone) -> None:
+        super().set_trainable(backbone)
+        for p in self._lora.values():
+            p.requires_grad_(True)
+
+    def trainable_parameters(self, backbone) -> list[nn.Parameter]:
+        return super().trainable_parameters(backbone) + list(self._lora.values())
+
+    def prompt_tensors(self):
+        out = super().prompt_tensors()
+        out.update({f"lora/{k}": v.detach().cpu().contiguous() for k, v in self._lora.items()})
+        return out
+
+    def load_prompt_tensors(self, tensors) -> None:
+        import torch
+
+        lora = {k[5:]: v for k, v in tensors.items() if k.startswith("lora/")}
+        if set(lora) != set(self._lora):
+            raise KeyError(f"LoRA tensors {sorted(lora)[:3]}... do not match the model's {sorted(self._lora)[:3]}...")
+        super().load_prompt_tensors({k: v for k, v in tensors.items() if not k.startswith("lora/")})
+        with torch.no_grad():
+            for k, v in lora.items():
+                self._lora[k].copy_(v)
