@@ -161,5 +161,5 @@ class PrefixInjector:
         for module, key, value in self.record(run):
             i = self.index.get(module)
             if i is not None and out[i] is None:
-                out[i] = (key[0].detach().float(), value[0].detach().float())
+                out[i] = (key[0].detach().float().cpu(), value[0].detach().float().cpu())
         return out
