@@ -41,15 +41,15 @@ def test_prompt_based_finetuning_beats_zero_shot_on_500_held_out_reviews(tmp_pat
     assert (tmp_path / "pet" / "backbone" / "model.safetensors").exists()
 
 
-def test_demo_runs_end_to_end_with_a_kilobyte_artifact(tmp_path, monkeypatch, capsys):
-    """`prompttune demo --json`, as the README runs it. Measured (seed 0): zero-shot 0.786, soft prompt 0.754
-    (the soft prompt's mean over 5 seeds is 0.793; seed 0 is its worst), 4,608 parameters, 19.5 KB."""
+def test_demo_prefix_beats_zero_shot_with_a_small_artifact(tmp_path, monkeypatch, capsys):
+    """`prompttune demo --json`, as the README runs it: prefix tuning, seed 0. Measured on this machine: zero-shot 0.786,
+    tuned 0.824 (seeds 1, 2: 0.776, 0.840), 80,640 parameters (7 tokens x 30 layers x keys+values x 192)."""
     res = json.loads(_cli(monkeypatch, capsys, "demo", "--json", "--output", tmp_path / "demo"))
     assert res["test_size"] == 500
     assert 0.76 <= res["zero_shot_accuracy"] <= 0.81
-    assert 0.72 <= res["tuned_accuracy"] <= 0.86
+    assert res["tuned_accuracy"] >= res["zero_shot_accuracy"] + 0.02
     assert res["artifact_bytes"] < 1_000_000
-    assert res["trainable_parameters"] == 8 * 576
+    assert res["trainable_parameters"] == 7 * 30 * 2 * 192
     assert res["seconds"] > 0
     labels = [p["label"] for p in res["predictions"]]
     assert labels[:2] == ["positive", "negative"]

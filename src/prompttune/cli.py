@@ -121,9 +121,9 @@ def demo(output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="
     else:
         print(f"zero-shot accuracy {res['zero_shot_accuracy']:.4f} -> tuned {res['tuned_accuracy']:.4f} on {res['test_size']} held-out reviews")
         if res["tuned_accuracy"] <= res["zero_shot_accuracy"]:
-            print("  the tuned soft prompt did not beat the hand-written one on this sample: with 16 examples per class a soft "
-                  "prompt on a 135M model varies with the sample (see README, 'Measured'). "
-                  "Try other samples (--seed N), or prompt-based fine-tuning: prompttune train examples/sentiment-pet.yaml")
+            print("  the tuned prompt did not beat the hand-written one on this sample: with 16 examples per class, prompt "
+                  "tuning a 135M model varies with the sample (see README, 'Measured'). Try other samples (--seed N), or "
+                  "prompt-based fine-tuning: prompttune train examples/sentiment-pet.yaml")
         print(f"{res['trainable_parameters']} trainable parameters, artifact {res['artifact_bytes']} bytes, {res['seconds']:.0f} s; report: {output}/report.md")
         for p in res["predictions"]:
             print(f"  {p['label']:>8} ({max(p['probabilities'].values()):.2f})  {p['text']}")

@@ -46,7 +46,8 @@ class PromptConfig(_Section):
 
 class MethodConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
-    name: str = Field("soft-prompt", description="zero-shot, soft-prompt, prefix, lora, prompt-finetune, head-finetune")
+    name: str = Field("prefix", description="zero-shot, soft-prompt, prefix (the default: measured best, see README), lora, "
+                                         "prompt-finetune, head-finetune")
 
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})

@@ -138,7 +138,7 @@ def demo_config(output, *, test_size: int = 500, seed: int = 0) -> RunConfig:
     return RunConfig.model_validate({
         "model": {"name": "smollm2-135m"},
         "prompt": {"template": "Review: {text}\nSentiment: {mask}", "verbalizer": {"negative": "negative", "positive": "positive"}},
-        "method": {"name": "soft-prompt"},
+        "method": {"name": "prefix"},
         "data": {"train": "movie-reviews", "test": "movie-reviews", "shots_per_class": 16, "test_size": test_size, "seed": seed},
         "train": {"seed": seed},
         "zero_shot_baseline": True,
