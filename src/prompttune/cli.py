@@ -55,6 +55,8 @@ def train(config: Optional[Path] = typer.Argument(None, help="YAML config (see e
     overrides = list(set_) + ([f"output={output}"] if output else [])
     cfg = load_config(config, overrides)
     res = run_training(cfg, log=_say)
+    if not res.get("main_process", True):  # under accelerate launch only the main process reports
+        return
     if json_out:
         print(json.dumps(res, ensure_ascii=False))
     else:
