@@ -133,7 +133,11 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
     pm.method.set_trainable(pm.backbone)
     pm.verbalizer.calibration = None  # calibration is recomputed for the tuned prompt, never trained through
 
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DataLoaderConfiguration
+
+    if AcceleratorState._shared_state.get("_mixed_precision", cfg.mixed_precision) != cfg.mixed_precision:
+        AcceleratorState._reset_state()  # accelerate keeps one state per process; a later run may ask another precision
 
     # split_batches: each process takes a share of one global batch (see _EpochBatches), so the schedule steps once per step
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
@@ -178,6 +182,8 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
     sampler = _EpochBatches(lengths, cfg.batch_size * world, cfg.seed, start_batch=state["step"] * cfg.grad_accum,
                             rank=accelerator.process_index, world=world)
     loader = DataLoader(indexed, batch_sampler=sampler, collate_fn=collate)
+    if getattr(accelerator.state, "deepspeed_plugin", None) is not None:  # DeepSpeed reads the batch from a prepared loader
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
     model, optimizer, scheduler = accelerator.prepare(pm, optimizer, scheduler)
     if cfg.log_with:
         accelerator.init_trackers("prompttune", config={"lr": lr, "max_steps": max_steps, "batch_size": cfg.batch_size,
