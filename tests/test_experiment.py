@@ -126,6 +126,8 @@ def test_a_changed_cell_config_is_not_taken_as_done(grid_raw):
     (lambda g: g["grid"].update(methods=["soft-prompt", "soft-prompt"]), "labelled 'soft-prompt'"),
     (lambda g: g["grid"].update(methods=[{"name": "soft-prompt", "train": {"bogus": 1}}]), "train.bogus"),
     (lambda g: g["train"].update(lr=-1), "train.lr"),
+    (lambda g: g["grid"].update(methods=[{"name": "soft-prompt", "num_tokns": 4}]), "num_tokns"),
+    (lambda g: g["grid"].update(keep_backbones="no"), "keep_backbones must be true or false"),
 ])
 def test_bad_grids_fail_before_anything_runs(grid_raw, edit, needle):
     edit(grid_raw)

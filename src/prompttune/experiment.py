@@ -38,7 +38,7 @@ from typing import Any, Callable
 import yaml
 
 from .config import RunConfig, _validate
-from .errors import ConfigError
+from .errors import ConfigError, PromptTuneError
 from .report import _atomic_write_bytes, _atomic_write_text, _md_table, write_json
 
 AXES = ("methods", "models", "shots", "seeds")
@@ -127,7 +127,7 @@ def read_grid(path: str | Path, overrides: list[str] | None = None) -> Grid:
 def expand(raw: dict, *, where: str = "grid", overrides: list[str] | None = None) -> Grid:
     """Expand a grid mapping (base config + ``grid`` section) into validated cells."""
     from .config import _apply
-    from .methods import METHODS
+    from .methods import METHODS, make_method
 
     raw = copy.deepcopy(raw)
     grid = raw.pop("grid", None)
@@ -144,6 +144,9 @@ def expand(raw: dict, *, where: str = "grid", overrides: list[str] | None = None
     for axis in AXES:
         if axis in grid and (grid[axis] is None or grid[axis] == []):
             raise ConfigError(f"grid.{axis} is empty", where=f"{where}: grid.{axis}", fix=f"give grid.{axis} at least one value")
+    if not isinstance(grid.get("keep_backbones", False), bool):
+        raise ConfigError(f"grid.keep_backbones must be true or false, got {grid['keep_backbones']!r}", where=f"{where}: grid.keep_backbones",
+                          fix="write keep_backbones: true to keep each fine-tuned cell's backbone copy")
     raw = _apply(raw, overrides)
     base_where = f"{where} (base config)"
     base = _validate({k: v for k, v in raw.items()}, base_where)
@@ -187,6 +190,10 @@ def expand(raw: dict, *, where: str = "grid", overrides: list[str] | None = None
                 raise ConfigError(f"{k} in a method entry must be a mapping of {k} keys", where=f"{w}.{k}",
                                   fix=f"write e.g. {k}: {{lr: 1.0e-5}}" if k == "train" else f"write e.g. {k}: {{template: ...}}")
         method_cfg = {k: v for k, v in entry.items() if k not in _METHOD_ENTRY_KEYS}
+        try:
+            make_method(method_cfg["name"], **{k: v for k, v in method_cfg.items() if k != "name"})
+        except PromptTuneError as e:
+            raise ConfigError(e.what, where=w, fix=e.fix) from None
         methods.append((label, method_cfg, over))
 
     output = Path(base.output)
