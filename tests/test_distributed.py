@@ -151,3 +151,23 @@ def test_sharded_paths_match_one_process(tmp_path, run_config, config, needs):
     a, b = load_file(str(tmp_path / "one" / "prompt.safetensors")), load_file(str(tmp_path / "two" / "prompt.safetensors"))
     for k in a:
         assert (a[k] - b[k].to(a[k].device)).abs().max().item() < 1e-3, k
+
+
+@pytest.mark.parametrize("n,batch,world", [(26, 8, 2), (9, 4, 2), (23, 6, 3), (64, 8, 2)])
+def test_process_shares_make_up_the_single_process_batches(n, batch, world):
+    from itertools import islice
+
+    from prompttune.train import _batches_for_epoch, _EpochBatches, _fold_small
+
+    lengths = [(i * 7) % 11 + 1 for i in range(n)]
+    epochs = [_batches_for_epoch(lengths, batch, 3, e) for e in range(2)]  # what one process trains on
+    folded = [_fold_small(b, world) for b in epochs]
+    for single, f in zip(epochs, folded):
+        assert sum(f, []) == sum(single, [])  # the same rows in the same order ...
+        assert all(len(b) >= world for b in f)  # ... with every batch big enough to give each process a row
+        if all(len(b) >= world for b in single):
+            assert f == single
+    total = sum(len(f) for f in folded)
+    shares = [list(islice(iter(_EpochBatches(lengths, batch, 3, rank=r, world=world)), total)) for r in range(world)]
+    assert [sum((s[k] for s in shares), []) for k in range(total)] == folded[0] + folded[1]
+    assert all(share for s in shares for share in s)
