@@ -103,6 +103,26 @@ def test_real_grid_runs_every_cell_then_resume_skips_done_cells_and_reruns_half_
     assert res2["cells"] == 3
 
 
+def test_an_interrupted_experiment_resumes_with_the_cells_not_done(grid_raw):
+    g = expand(grid_raw)
+    calls: list[str] = []
+    fake = _fake_runner(calls)
+
+    def interrupted(cell, root, **kw):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return fake(cell, root, **kw)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(g, progress=False, log=lambda m: None, runner=interrupted)
+    assert not (g.output / "results.json").exists()
+    done = list(calls)
+    calls.clear()
+    res = run_grid(expand(grid_raw), progress=False, log=lambda m: None, runner=fake)
+    assert calls == [c.key for c in g.cells][3:] and not set(done) & set(calls)
+    assert res["cells"] == len(g.cells) == 9
+
+
 def test_a_changed_cell_config_is_not_taken_as_done(grid_raw):
     calls: list[str] = []
     run_grid(expand(grid_raw), progress=False, log=lambda m: None, runner=_fake_runner(calls))
@@ -128,6 +148,7 @@ def test_a_changed_cell_config_is_not_taken_as_done(grid_raw):
     (lambda g: g["train"].update(lr=-1), "train.lr"),
     (lambda g: g["grid"].update(methods=[{"name": "soft-prompt", "num_tokns": 4}]), "num_tokns"),
     (lambda g: g["grid"].update(keep_backbones="no"), "keep_backbones must be true or false"),
+    (lambda g: g["prompt"].update(template="{soft*2} {text} {mask}"), "zero-shot cannot score"),
 ])
 def test_bad_grids_fail_before_anything_runs(grid_raw, edit, needle):
     edit(grid_raw)

@@ -128,6 +128,7 @@ def expand(raw: dict, *, where: str = "grid", overrides: list[str] | None = None
     """Expand a grid mapping (base config + ``grid`` section) into validated cells."""
     from .config import _apply
     from .methods import METHODS, make_method
+    from .template import Template
 
     raw = copy.deepcopy(raw)
     grid = raw.pop("grid", None)
@@ -214,6 +215,10 @@ def expand(raw: dict, *, where: str = "grid", overrides: list[str] | None = None
                     cell = Cell(model=mlabel, method=label, shots=k, seed=s, config=None)  # type: ignore[arg-type]
                     c["output"] = str(cell.directory(output))
                     cell.config = _validate(c, f"{where}: cell {mlabel}/{label}/shots={k}/seed={s}")
+                    if zero and Template(cell.config.prompt.template).has_soft:
+                        raise ConfigError("zero-shot cannot score a template with untrained {soft} tokens",
+                                          where=f"{where}: grid.methods ({label})",
+                                          fix="give the zero-shot entry its own prompt: {template: ...} without {soft}")
                     cell.key = f"{mlabel}/{label}/" + (f"shots{k}/seed{s}" if k else "zero-shot")
                     cells.append(cell)
     return Grid(base=base, cells=cells, output=output, keep_backbones=bool(grid.get("keep_backbones", False)), source=where,
