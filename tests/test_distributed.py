@@ -171,3 +171,20 @@ def test_process_shares_make_up_the_single_process_batches(n, batch, world):
     shares = [list(islice(iter(_EpochBatches(lengths, batch, 3, rank=r, world=world)), total)) for r in range(world)]
     assert [sum((s[k] for s in shares), []) for k in range(total)] == folded[0] + folded[1]
     assert all(share for s in shares for share in s)
+
+
+@pytest.mark.parametrize("encoder", ["mlp", "lstm"])
+def test_p_tuning_encoder_starts_the_same_for_the_same_seed(encoder):
+    import torch
+
+    from conftest import tiny_backbone
+    from prompttune.model import PromptModel
+
+    def make(seed):
+        torch.manual_seed(1000 + seed * 7)  # whatever the global generator holds: the seed alone decides
+        return PromptModel(tiny_backbone("llama"), "{soft*4} {text} Sentiment: {mask}", {"negative": "bad", "positive": "good"},
+                           "soft-prompt", method_options={"encoder": encoder}, seed=seed).method.state_dict()
+
+    a, b, c = make(0), make(0), make(1)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # so the processes of a launch, and reruns, agree
+    assert any(not torch.equal(a[k], c[k]) for k in a if "lstm" in k or "mlp.0" in k)

@@ -120,7 +120,9 @@ class Method(nn.Module):
         self.set_trainable(backbone)
         n = template.n_soft(backbone.tokenizer)
         if n:
-            self.soft = SoftTable(n, backbone.hidden_size, encoder=self.options.encoder, encoder_hidden=self.options.encoder_hidden)
+            with torch.random.fork_rng(devices=[]):  # a P-tuning encoder starts the same for the same seed, in every process
+                torch.manual_seed(seed)
+                self.soft = SoftTable(n, backbone.hidden_size, encoder=self.options.encoder, encoder_hidden=self.options.encoder_hidden)
             if init:
                 with torch.no_grad():
                     self.soft.weight.copy_(_init_rows(backbone, template, verbalizer, self.options.init, n, seed))
