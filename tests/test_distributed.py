@@ -188,3 +188,27 @@ def test_p_tuning_encoder_starts_the_same_for_the_same_seed(encoder):
     a, b, c = make(0), make(0), make(1)
     assert all(torch.equal(a[k], b[k]) for k in a)  # so the processes of a launch, and reruns, agree
     assert any(not torch.equal(a[k], c[k]) for k in a if "lstm" in k or "mlp.0" in k)
+
+
+@pytest.mark.skipif(ACCELERATE is None, reason="the accelerate command is not installed")
+def test_an_experiment_under_two_processes_records_what_one_process_does(tmp_path, run_config):
+    from prompttune.experiment import expand, run_grid
+
+    raw = yaml.safe_load(run_config.read_text())
+    raw.pop("method")
+    raw["train"].update(max_steps=6, eval_every=3)
+    raw["grid"] = {"methods": ["zero-shot", {"name": "soft-prompt", "num_tokens": 4}], "shots": [4, 8], "seeds": [0]}
+    one = run_grid(expand({**raw, "train": {**raw["train"], "batch_size": 8}, "output": str(tmp_path / "one")}), progress=False,
+                   log=lambda m: None)
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump({**raw, "train": {**raw["train"], "batch_size": 4}, "output": str(tmp_path / "two")}))
+    work = tmp_path / "launch"
+    work.mkdir()
+    res = _launch(["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "-m", "prompttune", "experiment", str(tmp_path / "grid.yaml"), "--json"], work)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [line for line in res.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1  # rank 0 alone reports
+    two = json.loads(lines[0])
+    assert [r["cell"] for r in two["runs"]] == [r["cell"] for r in one["runs"]]
+    assert [r["accuracy"] for r in two["runs"]] == [r["accuracy"] for r in one["runs"]]
+    assert not any(work.iterdir())

@@ -146,6 +146,8 @@ def experiment(grid: Path = typer.Argument(..., help="grid YAML: a train config 
             print(f"{'done' if cell_done(c, g.output) else 'todo'}  {c.key}  -> {c.directory(g.output)}")
         return
     res = run_grid(g, progress=not json_out, log=_say)
+    if not res.get("main_process", True):
+        return
     if json_out:
         print(json.dumps(res, ensure_ascii=False))
     else:

@@ -250,13 +250,16 @@ def cell_done(cell: Cell, root: Path) -> dict | None:
 
 def run_cell(cell: Cell, root: Path, *, keep_backbones: bool = False, progress: bool = False) -> dict:
     """Run one cell into its own directory (its log in train.log); record cell.json last, atomically."""
-    from .pipeline import run_training
+    from .pipeline import _is_main_process, run_training
 
     d = cell.directory(root)
-    if d.exists():  # half done (or done with another config): start it afresh
+    main = _is_main_process()
+    if main and d.exists():  # half done (or done with another config): start it afresh
         shutil.rmtree(d)
     lines: list[str] = []
     res = run_training(cell.config, progress=progress, log=lines.append)
+    if not main:  # under accelerate launch the other processes train their shares; rank 0 records
+        return {"cell": cell.key, "main_process": False}
     _atomic_write_text(d / "train.log", "\n".join(lines) + "\n")
     if not keep_backbones and (d / "backbone").is_dir():
         shutil.rmtree(d / "backbone")  # a fine-tuned copy of the whole model per cell adds up fast
@@ -274,11 +277,14 @@ def run_grid(grid: Grid, *, progress: bool = True, log: Callable[[str], None] = 
     """Run every cell not yet done, then write the results table and plot. Returns the summary."""
     from tqdm.auto import tqdm
 
+    from .pipeline import _is_main_process
+
     runner = runner or run_cell
     root = grid.output
+    main = _is_main_process()
+    if not main:
+        progress, log = False, (lambda m: None)
     root.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(root / "grid.yaml", yaml.safe_dump({"source": grid.source, "cells": [c.key for c in grid.cells]},
-                                                          sort_keys=False, allow_unicode=True))
     records: dict[str, dict] = {}
     todo = []
     for c in grid.cells:
@@ -289,6 +295,9 @@ def run_grid(grid: Grid, *, progress: bool = True, log: Callable[[str], None] = 
             todo.append(c)
     if records:
         log(f"experiment: {len(records)} of {len(grid.cells)} cells already done, {len(todo)} to run")
+    if main:
+        _atomic_write_text(root / "grid.yaml", yaml.safe_dump({"source": grid.source, "cells": [c.key for c in grid.cells]},
+                                                              sort_keys=False, allow_unicode=True))
     bar = tqdm(total=len(grid.cells), initial=len(records), desc="experiment", unit="cell", disable=not progress,
                dynamic_ncols=True)
     say = (lambda m: bar.write(m)) if progress else log
@@ -298,10 +307,14 @@ def run_grid(grid: Grid, *, progress: bool = True, log: Callable[[str], None] = 
         rec = runner(c, root, keep_backbones=grid.keep_backbones)
         records[c.key] = rec
         bar.update(1)
+        if not main:
+            continue
         elapsed = time.perf_counter() - started
         say(f"{c.key}: accuracy {rec['accuracy']:.4f} ({i + 1}/{len(todo)} run, {elapsed:.0f}s, "
             f"ETA {elapsed / (i + 1) * (len(todo) - i - 1):.0f}s)")
     bar.close()
+    if not main:
+        return {"main_process": False}
     ordered = [records[c.key] for c in grid.cells]
     return write_results(grid, ordered)
 
