@@ -187,3 +187,18 @@ def test_example_grid_is_valid():
 
     g = read_grid(Path(__file__).parent.parent / "examples" / "grids" / "sentiment.yaml")
     assert g.methods == ["zero-shot", "soft-prompt", "prompt-finetune"] and len(g.cells) == 1 + 2 * 3 * 5
+
+
+def test_two_models_get_their_own_cells_rows_and_panels(grid_raw, saved_tiny):
+    grid_raw["grid"]["models"] = [grid_raw["model"]["name"], {"name": saved_tiny("gpt2"), "label": "gpt2", "family": "causal-lm"}]
+    g = expand(grid_raw)
+    assert g.models == [g.models[0], "gpt2"] and len(g.cells) == 2 * 9
+    c = next(c for c in g.cells if c.model == "gpt2")
+    assert c.config.model.name == saved_tiny("gpt2") and c.config.model.family == "causal-lm"
+    run_grid(g, progress=False, log=lambda m: None, runner=_fake_runner([]))
+    md = (g.output / "results.md").read_text()
+    assert md.count("| soft-prompt-fast |") == 2 and "## gpt2" in md
+    from matplotlib.image import imread
+
+    img = imread(str(g.output / "accuracy_vs_shots.png"))
+    assert img.shape[1] > 1.8 * img.shape[0]  # one panel per model, side by side
