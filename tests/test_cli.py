@@ -107,7 +107,7 @@ def test_bad_yaml_names_line_and_column(monkeypatch, capsys, tmp_path):
     assert code != 0 and "line 3" in err
 
 
-@pytest.mark.parametrize("cmd", ["train", "eval", "predict", "demo", "list"])
+@pytest.mark.parametrize("cmd", ["train", "eval", "predict", "demo", "list", "experiment"])
 def test_every_command_has_help(monkeypatch, capsys, cmd):
     code, out, _ = run(monkeypatch, capsys, cmd, "--help")
     assert code == 0 and "--help" in out

@@ -55,6 +55,8 @@ def train(config: Optional[Path] = typer.Argument(None, help="YAML config (see e
     overrides = list(set_) + ([f"output={output}"] if output else [])
     cfg = load_config(config, overrides)
     res = run_training(cfg, log=_say)
+    if not res.get("main_process", True):  # under accelerate launch only the main process reports
+        return
     if json_out:
         print(json.dumps(res, ensure_ascii=False))
     else:
@@ -165,6 +167,30 @@ def _json_arg(text: str, where: str):
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise PromptTuneError(f"{where} is not valid JSON ({e})", where=where, fix='write e.g. \'{"negative": "bad", "positive": "good"}\'') from None
+
+
+@app.command()
+def experiment(grid: Path = typer.Argument(..., help="grid YAML: a train config plus a `grid` section (see examples/grids/sentiment.yaml)"),
+               set_: List[str] = typer.Option([], "--set", help="override a base config key, e.g. --set data.test_size=200 (repeatable)"),
+               output: Optional[Path] = typer.Option(None, "--output", "-o", help="experiment directory (config key: output)"),
+               dry_run: bool = typer.Option(False, "--dry-run", help="list the cells and which are done, run nothing"),
+               json_out: bool = typer.Option(False, "--json", help="print the summary as one JSON object")) -> None:
+    """Run a grid of methods x models x shots x seeds (resuming cells already done); write a mean ± std table and a plot."""
+    from .experiment import cell_done, read_grid, run_grid
+
+    g = read_grid(grid, list(set_) + ([f"output={output}"] if output else []))
+    if dry_run:
+        for c in g.cells:
+            print(f"{'done' if cell_done(c, g.output) else 'todo'}  {c.key}  -> {c.directory(g.output)}")
+        return
+    res = run_grid(g, progress=not json_out, log=_say)
+    if not res.get("main_process", True):
+        return
+    if json_out:
+        print(json.dumps(res, ensure_ascii=False))
+    else:
+        print((g.output / "results.md").read_text(encoding="utf-8"))
+        print("written: " + ", ".join(res["files"]))
 
 
 @app.command("list")

@@ -12,7 +12,7 @@ from pathlib import Path
 from . import data as D
 from .artifact import artifact_bytes, load, save
 from .config import RunConfig, dump_config
-from .report import write_json, write_report
+from .report import _atomic_write_text, write_json, write_report
 from .template import Template
 
 
@@ -55,18 +55,38 @@ def build_model(cfg: RunConfig, backbone=None):
                        max_length=cfg.prompt.max_length, padding_side=cfg.prompt.padding_side, seed=cfg.train.seed)
 
 
+def _is_main_process() -> bool:
+    """False in the worker processes of ``accelerate launch`` / torchrun / mpirun (read from the launcher's env)."""
+    import os
+
+    return next((int(os.environ[k]) for k in ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK") if os.environ.get(k)), 0) == 0
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def run_training(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
-    """Train + validate as configured; writes the artifact, metrics.json and report.md into cfg.output."""
+    """Train + validate as configured; writes the artifact, metrics.json and report.md into cfg.output.
+
+    Under several processes (``accelerate launch``) every process trains its share of each batch; only the main
+    process evaluates on test, logs and writes files, and the others return ``{"main_process": False}``."""
     from .model import PromptModel
 
     t0 = time.perf_counter()
+    main = _is_main_process()
+    if not main:
+        progress, log = False, (lambda msg: None)
     out = Path(cfg.output)
     train, dev, test = load_splits(cfg)
     log(f"data: {len(train)} train, {len(dev)} dev, {len(test)} test examples")
     pm = build_model(cfg)
     pm.template.check(needs_mask=False, columns=train[0].keys())
     zero = None
-    if cfg.zero_shot_baseline and test and pm.backbone.family.uses_verbalizer and not Template(cfg.prompt.template).has_soft:
+    if main and cfg.zero_shot_baseline and test and pm.backbone.family.uses_verbalizer and not Template(cfg.prompt.template).has_soft:
         base = PromptModel(pm.backbone, cfg.prompt.template, cfg.prompt.verbalizer, "zero-shot",
                            max_length=cfg.prompt.max_length, padding_side=cfg.prompt.padding_side)
         if cfg.prompt.calibrate:
@@ -78,9 +98,12 @@ def run_training(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
         tc = cfg.train.model_copy(update={"progress": progress and cfg.train.progress,
                                           "checkpoint_dir": cfg.train.checkpoint_dir or (str(out) if not pm.method.trains_backbone else None)})
         result = pm.fit(train, dev, **tc.model_dump())
-        if not cfg.train.stop_after and tc.checkpoint_dir:  # finished: the resumable checkpoint has served its purpose
+        if main and not cfg.train.stop_after and tc.checkpoint_dir:  # finished: the resumable checkpoint has served its purpose
             shutil.rmtree(Path(tc.checkpoint_dir) / "checkpoint", ignore_errors=True)
         log(f"trained {result.steps} steps in {result.seconds:.1f}s; best dev {result.best_dev} at step {result.best_step}")
+    if not main:
+        _barrier()  # the main process evaluates and writes; the others wait, then leave
+        return {"main_process": False, "output": str(out)}
     if cfg.prompt.calibrate:
         pm.calibrate()
     save(pm, out)
@@ -103,7 +126,8 @@ def run_training(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
     if test:
         write_report(out, clean, title=f"prompttune: {pm.method.name} on {cfg.model.name}",
                      details={"config": cfg.model_dump(mode="json")}, samples=samples)
-    (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    _atomic_write_text(out / "config.yaml", dump_config(cfg))
+    _barrier()
     return {**clean, "output": str(out)}
 
 

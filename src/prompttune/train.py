@@ -77,22 +77,43 @@ def _batches_for_epoch(lengths, batch_size, seed, epoch):
     return length_batches(lengths, batch_size, shuffle=True, seed=seed * 100_003 + epoch)
 
 
-class _EpochBatches:
-    """A batch sampler that yields length-bucketed batches, reshuffled per epoch, forever; ``skip`` for resume."""
+def _fold_small(batches: list[list[int]], world: int) -> list[list[int]]:
+    """Under several processes every one needs a row of each batch: a batch shorter than ``world`` joins the one before it."""
+    out: list[list[int]] = []
+    for b in batches:
+        if len(b) < world and out:
+            out[-1] = out[-1] + b
+        elif out and len(out[-1]) < world:
+            out[-1] = out[-1] + b
+        else:
+            out.append(list(b))
+    return out
 
-    def __init__(self, lengths, batch_size, seed, start_batch: int = 0):
+
+class _EpochBatches:
+    """A batch sampler that yields length-bucketed batches, reshuffled per epoch, forever; ``start_batch`` for resume.
+
+    ``batch_size`` is the global batch: under ``world`` processes each yields its own contiguous share of every
+    global batch (``rank``), so a run on N processes sees the same global batches as one process would.
+    """
+
+    def __init__(self, lengths, batch_size, seed, start_batch: int = 0, rank: int = 0, world: int = 1):
         self.lengths, self.batch_size, self.seed, self.start = lengths, batch_size, seed, start_batch
+        self.rank, self.world = rank, world
 
     def __iter__(self):
         k, epoch = 0, 0
         while True:
-            for b in _batches_for_epoch(self.lengths, self.batch_size, self.seed, epoch):
+            batches = _batches_for_epoch(self.lengths, self.batch_size, self.seed, epoch)
+            if self.world > 1:
+                batches = _fold_small(batches, self.world)
+            for b in batches:
                 if k >= self.start:
-                    yield b
+                    yield b if self.world == 1 else b[self.rank * len(b) // self.world:(self.rank + 1) * len(b) // self.world]
                 k += 1
             epoch += 1
 
-    def __len__(self):  # accelerate asks; the loop is bounded by max_steps
+    def __len__(self):  # the loop is bounded by max_steps
         return 10**9
 
 
@@ -115,13 +136,27 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
 
     if cfg.gradient_checkpointing:
         pm.backbone.gradient_checkpointing(True)
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DataLoaderConfiguration
+
+    if AcceleratorState._shared_state.get("_mixed_precision", cfg.mixed_precision) != cfg.mixed_precision:
+        AcceleratorState._reset_state()  # accelerate keeps one state per process; a later run may ask another precision
+
+    # split_batches: each process takes a share of one global batch (see _EpochBatches), so the schedule steps once per step
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
-                              log_with=cfg.log_with or None, project_dir=cfg.logging_dir)
+                              log_with=cfg.log_with or None, project_dir=cfg.logging_dir,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    launched = max(int(os.environ.get(k, "1") or 1) for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"))
+    if launched > 1 and accelerator.num_processes == 1:  # each process would train alone on the whole data
+        raise ConfigError(f"launched as {launched} processes, but accelerate set up a single-process run",
+                          where="accelerate launch", fix="on a machine without GPUs run ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
+                                                          "--num_processes N ... (see README, 'Scaling out')")
     set_seed(cfg.seed)
     main = accelerator.is_main_process
+    world = accelerator.num_processes
     lr = cfg.lr or pm.method.default_lr
-    max_steps = cfg.max_steps or steps_for(len(train_rows), cfg.batch_size * accelerator.num_processes * cfg.grad_accum)
-    steps_per_epoch = max(1, math.ceil(len(train_rows) / (cfg.batch_size * accelerator.num_processes * cfg.grad_accum)))
+    max_steps = cfg.max_steps or steps_for(len(train_rows), cfg.batch_size * world * cfg.grad_accum)
+    steps_per_epoch = max(1, math.ceil(len(train_rows) / (cfg.batch_size * world * cfg.grad_accum)))
     eval_every = cfg.eval_every or max(10, steps_per_epoch)
     ckpt_every = cfg.checkpoint_every or eval_every
 
@@ -146,9 +181,13 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
         return pm.collate([r for _, r in idx_rows]), labels[[i for i, _ in idx_rows]]
 
     indexed = list(enumerate(train_rows))
-    sampler = _EpochBatches(lengths, cfg.batch_size, cfg.seed, start_batch=state["step"] * cfg.grad_accum * accelerator.num_processes)
+    # The loader is sharded here, not by accelerate: every process takes its share of the same global batch.
+    sampler = _EpochBatches(lengths, cfg.batch_size * world, cfg.seed, start_batch=state["step"] * cfg.grad_accum,
+                            rank=accelerator.process_index, world=world)
     loader = DataLoader(indexed, batch_sampler=sampler, collate_fn=collate)
-    model, optimizer, loader, scheduler = accelerator.prepare(pm, optimizer, loader, scheduler)
+    if getattr(accelerator.state, "deepspeed_plugin", None) is not None:  # DeepSpeed reads the batch from a prepared loader
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
+    model, optimizer, scheduler = accelerator.prepare(pm, optimizer, scheduler)
     if cfg.log_with:
         accelerator.init_trackers("prompttune", config={"lr": lr, "max_steps": max_steps, "batch_size": cfg.batch_size,
                                                        "method": pm.method.name})
@@ -182,7 +221,11 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
             batch, y = next(it)
             with accelerator.accumulate(model):
                 logp = model(batch, calibrate=False)
-                loss = F.nll_loss(logp.float(), y.to(logp.device))
+                if world == 1:
+                    loss = F.nll_loss(logp.float(), y.to(logp.device))
+                else:  # DDP averages gradients over processes: weight each share by its rows so the mean is the global batch's
+                    n = accelerator.reduce(torch.tensor(len(y), device=logp.device), "sum")
+                    loss = F.nll_loss(logp.float(), y.to(logp.device), reduction="sum") * world / n
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)

@@ -124,7 +124,10 @@ class Method(nn.Module):
         n = template.n_soft(backbone.tokenizer)
         if n:
             o = self.options  # methods whose options have no soft-token settings get the defaults
-            self.soft = SoftTable(n, backbone.hidden_size, encoder=getattr(o, "encoder", "none"), encoder_hidden=getattr(o, "encoder_hidden", 0))
+            with torch.random.fork_rng(devices=[]):  # a P-tuning encoder starts the same for the same seed, in every process
+                torch.manual_seed(seed)
+                self.soft = SoftTable(n, backbone.hidden_size, encoder=getattr(o, "encoder", "none"),
+                                      encoder_hidden=getattr(o, "encoder_hidden", 0))
             if init:
                 how = getattr(o, "init", "auto")
                 with torch.no_grad():
