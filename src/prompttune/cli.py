@@ -72,7 +72,7 @@ def eval_(directory: Path = typer.Argument(..., help="artifact directory written
           limit: Optional[int] = typer.Option(None, "--limit", help="evaluate the first N examples only"),
           batch_size: int = typer.Option(16, "--batch-size", help="evaluation batch size"),
           json_out: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
-    """Evaluate an artifact: accuracy, macro-F1, per-class scores, examples per second."""
+    """Evaluate an artifact: accuracy, macro-F1, per-class scores, examples per second (generation: ROUGE, BLEU, chrF, tokens/s)."""
     from .pipeline import evaluate_artifact
 
     m = evaluate_artifact(directory, data, columns=_columns(column), label_column=label_column, limit=limit,
