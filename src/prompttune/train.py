@@ -128,11 +128,9 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
                           fix="use soft-prompt, prompt-finetune or head-finetune, or run eval instead of train")
     if not train_rows:
         raise ConfigError("no training examples", where="data.train", fix="give a train file or built-in corpus")
-    pm.verbalizer.check_labels([r["label"] for r in train_rows], where="training data")
-    if dev_rows:
-        pm.verbalizer.check_labels([r["label"] for r in dev_rows], where="dev data")
+    task = pm.training_task() if hasattr(pm, "training_task") else ClassificationTask(pm)
+    task.prepare(train_rows, dev_rows, cfg)
     pm.method.set_trainable(pm.backbone)
-    pm.verbalizer.calibration = None  # calibration is recomputed for the tuned prompt, never trained through
 
     if cfg.gradient_checkpointing:
         pm.backbone.gradient_checkpointing(True)
@@ -175,7 +173,7 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
         state, best_params = _load_checkpoint(ckpt, params, names, optimizer, scheduler)
 
     lengths = [pm.length(r) for r in train_rows]
-    labels = pm.labels_tensor(train_rows)
+    labels = task.targets(train_rows)
 
     def collate(idx_rows):
         return pm.collate([r for _, r in idx_rows]), labels[[i for i, _ in idx_rows]]
@@ -197,14 +195,14 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
                disable=not (cfg.progress and main), dynamic_ncols=True)
     def check_dev():
         """Evaluate on dev; on a new best, return a copy of the trainable parameters."""
-        dev = _dev_eval(pm, dev_rows, cfg)
+        dev = task.evaluate(dev_rows, cfg)
         score = (-dev["loss"], 0.0) if cfg.metric == "loss" else (dev[cfg.metric], -dev["loss"])
-        state["history"].append({"step": state["step"], **{k: dev[k] for k in ("accuracy", "macro_f1", "loss")}})
+        state["history"].append({"step": state["step"], **{k: dev[k] for k in task.metrics}})
         if cfg.log_with:
-            accelerator.log({f"dev/{k}": dev[k] for k in ("accuracy", "macro_f1", "loss")}, step=state["step"])
+            accelerator.log({f"dev/{k}": dev[k] for k in task.metrics}, step=state["step"])
         if state["best_score"] is None or score > tuple(state["best_score"]):
             state.update(best_score=list(score), best_step=state["step"], bad_evals=0,
-                         best_dev={k: dev[k] for k in ("accuracy", "macro_f1", "loss")})
+                         best_dev={k: dev[k] for k in task.metrics})
             return [p.detach().clone() for p in params]
         state["bad_evals"] += 1
         return None
@@ -220,12 +218,10 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
         for _ in range(cfg.grad_accum):
             batch, y = next(it)
             with accelerator.accumulate(model):
-                logp = model(batch, calibrate=False)
-                if world == 1:
-                    loss = F.nll_loss(logp.float(), y.to(logp.device))
-                else:  # DDP averages gradients over processes: weight each share by its rows so the mean is the global batch's
-                    n = accelerator.reduce(torch.tensor(len(y), device=logp.device), "sum")
-                    loss = F.nll_loss(logp.float(), y.to(logp.device), reduction="sum") * world / n
+                loss, weight = task.loss(model, batch, y)
+                if world > 1:  # DDP averages gradients over processes: weight each share so the mean is the global batch's
+                    total = accelerator.reduce(torch.tensor(float(weight), device=loss.device), "sum")
+                    loss = loss * weight * world / total
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -261,6 +257,36 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
     pm.eval()
     return TrainResult(steps=state["step"], best_step=state["best_step"] if state["best_dev"] else state["step"], best_dev=state["best_dev"],
                        history=state["history"], seconds=time.perf_counter() - start, stopped_early=stopped_early)
+
+
+class ClassificationTask:
+    """What the loop needs from a classification model: label checks, the class loss, dev metrics.
+
+    A model for another task (e.g. :class:`prompttune.generation.GenerationModel`) provides its own through
+    ``training_task()``: ``prepare(train_rows, dev_rows, cfg)``, ``targets(rows)``, ``loss(model, batch, y)``,
+    ``evaluate(dev_rows, cfg)`` (a dict with at least ``loss``) and ``metrics`` (the dev keys to record)."""
+
+    metrics = ("accuracy", "macro_f1", "loss")
+
+    def __init__(self, pm):
+        self.pm = pm
+
+    def prepare(self, train_rows, dev_rows, cfg) -> None:
+        self.pm.verbalizer.check_labels([r["label"] for r in train_rows], where="training data")
+        if dev_rows:
+            self.pm.verbalizer.check_labels([r["label"] for r in dev_rows], where="dev data")
+        self.pm.verbalizer.calibration = None  # calibration is recomputed for the tuned prompt, never trained through
+
+    def targets(self, rows) -> torch.Tensor:
+        return self.pm.labels_tensor(rows)
+
+    def loss(self, model, batch, y) -> tuple[torch.Tensor, int]:
+        """The batch's mean loss and what it is a mean over (here rows)."""
+        logp = model(batch, calibrate=False)
+        return F.nll_loss(logp.float(), y.to(logp.device)), len(y)
+
+    def evaluate(self, dev_rows, cfg) -> dict:
+        return _dev_eval(self.pm, dev_rows, cfg)
 
 
 def _fmt(score):
