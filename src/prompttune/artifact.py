@@ -84,6 +84,8 @@ def save(pm, directory, *, metrics: dict | None = None, extra: dict | None = Non
         "versions": _versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if getattr(pm, "demonstrations", None) is not None:
+        meta["demonstrations"] = pm.demonstrations.to_dict()
     if metrics:
         meta["metrics"] = {k: metrics[k] for k in ("accuracy", "macro_f1", "n") if k in metrics}
     if extra:
@@ -154,6 +156,10 @@ def load(directory, *, backbone=None):
     pm = PromptModel(backbone, meta["template"], Verbalizer.from_dict(meta["verbalizer"]), make_method(name, **method_cfg),
                      max_length=meta.get("max_length", 256), padding_side=meta.get("padding_side", "right"), init=False)
     pm.base_fingerprint = bmeta.get("fingerprint")
+    if meta.get("demonstrations"):
+        from .demonstrations import Demonstrations
+
+        pm.set_demonstrations(Demonstrations.from_dict(meta["demonstrations"]))
     tpath = d / PROMPT_TENSORS
     if not tpath.is_file():
         raise ArtifactError(f"{PROMPT_TENSORS} is missing", where=str(d), fix="re-run training to rewrite the artifact")

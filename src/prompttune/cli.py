@@ -129,6 +129,48 @@ def demo(output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="
             print(f"  {p['label']:>8} ({max(p['probabilities'].values()):.2f})  {p['text']}")
 
 
+@app.command()
+def search(config: Optional[Path] = typer.Argument(None, help="YAML config whose prompt is the seed of the search"),
+           what: str = typer.Option("both", "--what", help="verbalizer (label words), template, or both (words first)"),
+           top: int = typer.Option(10, "--top", help="rows of each table to print"),
+           per_class: int = typer.Option(5, "--per-class", help="label-word candidates per class"),
+           max_candidates: int = typer.Option(20, "--max-candidates", help="verbalizers scored on dev"),
+           metric: str = typer.Option("accuracy", "--metric", help="rank by dev accuracy (ties: loss) or by dev loss"),
+           set_: List[str] = typer.Option([], "--set", help="override a config key, e.g. --set data.seed=1 (repeatable)"),
+           output: Optional[Path] = typer.Option(None, "--output", "-o", help="write the best prompt as a ready config (YAML)"),
+           json_out: bool = typer.Option(False, "--json", help="print the ranked candidates as one JSON object")) -> None:
+    """Find better label words and templates: candidates from the model itself and from edits of the seed, ranked on dev."""
+    from .config import load_config
+    from .search import run_search, write_config
+
+    if metric not in ("accuracy", "loss"):
+        raise PromptTuneError(f"--metric {metric!r}", where="search", fix="use accuracy or loss")
+    cfg = load_config(config, list(set_))
+    res = run_search(cfg, what, per_class=per_class, max_candidates=max_candidates, metric=metric, progress=not json_out, log=_say)
+    if output:
+        write_config(res["config"], output)
+        _say(f"best prompt written to {output}")
+    if json_out:
+        print(json.dumps({k: [c.to_dict() for c in v.candidates] for k, v in res.items() if k != "config"}, ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    for kind in ("verbalizer", "template"):
+        if kind not in res:
+            continue
+        table = Table(title=f"{kind} candidates (zero-shot on dev, best first)")
+        for col, just in (("#", "right"), ("candidate", "left"), ("kind", "left"), ("dev acc", "right"), ("dev loss", "right"),
+                          ("train acc", "right")):
+            table.add_column(col, justify=just)
+        for i, c in enumerate(res[kind].candidates[:top], 1):
+            tr = "" if c.train_accuracy is None else f"{c.train_accuracy:.3f}"
+            table.add_row(str(i), escape(repr(c.describe())[1:-1]), c.kind, f"{c.dev_accuracy:.3f}", f"{c.dev_loss:.3f}", tr)
+        console.print(table)
+
+
 @app.command("list")
 def list_() -> None:
     """List the built-in models, corpora and methods."""

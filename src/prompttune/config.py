@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .demonstrations import DemonstrationConfig
 from .errors import ConfigError
 from .train import TrainConfig
 
@@ -34,6 +35,8 @@ class PromptConfig(_Section):
     calibrate: bool = Field(False, description="contextual calibration (content-free input) of the final scores")
     max_length: int = Field(256, ge=8, description="maximum tokens per example; only input fields are truncated")
     padding_side: Literal["left", "right"] = Field("right", description="padding side of batches")
+    demonstrations: DemonstrationConfig | None = Field(
+        None, description="LM-BFF demonstrations: k labelled training examples per class in front of each input, e.g. {k: 1, select: similar}")
 
     @field_validator("template")
     @classmethod
