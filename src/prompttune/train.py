@@ -111,6 +111,10 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
         pm.verbalizer.check_labels([r["label"] for r in dev_rows], where="dev data")
     pm.method.set_trainable(pm.backbone)
     pm.verbalizer.calibration = None  # calibration is recomputed for the tuned prompt, never trained through
+    own = pm.method.fit(pm, train_rows, dev_rows, cfg)  # methods with their own optimisation (no backpropagation)
+    if own is not None:
+        pm.eval()
+        return own
 
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
                               log_with=cfg.log_with or None, project_dir=cfg.logging_dir)

@@ -6,10 +6,11 @@ from ..errors import ConfigError
 from .base import Method, MethodOptions, SoftTable
 from .head_finetune import HeadFinetune
 from .prompt_finetune import PromptFinetune
+from .rl_prompt import RLPrompt
 from .soft_prompt import SoftPrompt
 from .zero_shot import ZeroShot
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, SoftPrompt, PromptFinetune, HeadFinetune)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, SoftPrompt, PromptFinetune, HeadFinetune, RLPrompt)}
 
 
 def make_method(name: str, **options) -> Method:
