@@ -69,12 +69,19 @@ def eval_(directory: Path = typer.Argument(..., help="artifact directory written
           label_column: str = typer.Option("label", "--label-column", help="label column of the data"),
           limit: Optional[int] = typer.Option(None, "--limit", help="evaluate the first N examples only"),
           batch_size: int = typer.Option(16, "--batch-size", help="evaluation batch size"),
+          with_: List[Path] = typer.Option([], "--with", help="another artifact to ensemble with (probabilities averaged; repeatable)"),
           json_out: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
     """Evaluate an artifact: accuracy, macro-F1, per-class scores, examples per second."""
     from .pipeline import evaluate_artifact
 
-    m = evaluate_artifact(directory, data, columns=_columns(column), label_column=label_column, limit=limit,
-                          batch_size=batch_size, progress=not json_out)
+    if with_:
+        from .ensemble import evaluate_ensemble
+
+        m = evaluate_ensemble([directory, *with_], data, columns=_columns(column), label_column=label_column, limit=limit,
+                              batch_size=batch_size, progress=not json_out)
+    else:
+        m = evaluate_artifact(directory, data, columns=_columns(column), label_column=label_column, limit=limit,
+                              batch_size=batch_size, progress=not json_out)
     if json_out:
         print(json.dumps(m, ensure_ascii=False))
         return
@@ -84,7 +91,8 @@ def eval_(directory: Path = typer.Argument(..., help="artifact directory written
 
 
 @app.command()
-def predict(directory: Path = typer.Argument(..., help="artifact directory"),
+def predict(directory: Path = typer.Argument(..., help="artifact directory; further artifact directories after it form an "
+                                                    "ensemble (class probabilities averaged)"),
             text: List[str] = typer.Argument(None, help="texts to classify (fill the template's one field)"),
             input_: Optional[Path] = typer.Option(None, "--input", help="JSONL file, one object with the template's fields per line"),
             json_out: bool = typer.Option(False, "--json", help="print one JSON object per input")) -> None:
@@ -95,9 +103,13 @@ def predict(directory: Path = typer.Argument(..., help="artifact directory"),
     inputs: list = list(text or [])
     if input_:
         inputs += read_file(input_, require_label=False)
+    from .ensemble import Ensemble, is_artifact
+
+    members = [directory] + [Path(t) for t in _leading(text or [], is_artifact)]
+    inputs = inputs[len(members) - 1:]
     if not inputs:
         raise PromptTuneError("nothing to predict", where="predict", fix="give texts as arguments or --input FILE.jsonl")
-    pm = load(directory)
+    pm = load(directory) if len(members) == 1 else Ensemble.load(members)
     for x, res in zip(inputs, pm.predict(inputs)):
         if json_out:
             print(json.dumps({"input": x, **res}, ensure_ascii=False))
@@ -197,6 +209,15 @@ def _columns(items: list[str]) -> dict | None:
         k, _, v = it.partition("=")
         out[k.strip()] = v.strip()
     return out or None
+
+
+def _leading(items, test) -> list:
+    out = []
+    for x in items:
+        if not test(x):
+            break
+        out.append(x)
+    return out
 
 
 def main() -> None:
