@@ -67,8 +67,9 @@ def test_cached_scores_equal_the_prompt_models_own(llama):
     assert ranked == sorted(ranked)
 
 
-def test_mask_log_probs_match_the_label_word_scores(llama):
-    pm = PromptModel(llama, "{text} It was {mask}", {"negative": "bad", "positive": "good"}, "zero-shot")
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "bert-mlm", "t5"])
+def test_mask_log_probs_match_the_label_word_scores(kind):
+    pm = PromptModel(tiny_backbone(kind), "{text} It was {mask}", {"negative": "bad", "positive": "good"}, "zero-shot")
     rows = toy_rows(6, seed=5)
     lp = S.mask_log_probs(pm, rows)
     assert lp.shape[0] == 6 and torch.allclose(lp.exp().sum(-1), torch.ones(6), atol=1e-4)
@@ -138,13 +139,53 @@ def test_search_command_prints_a_table_and_writes_a_ready_config(monkeypatch, ca
             assert not e.code, capsys.readouterr().err
         return capsys.readouterr()
 
-    out = run("search", tmp_path / "run.yaml", "--what", "both", "--per-class", "3", "--output", best)
+    out = run("search", tmp_path / "run.yaml", "--what", "both", "--per-class", "3", "--generate", "1", "--output", best)
     assert "verbalizer candidates" in out.out and "template candidates" in out.out and "dev acc" in out.out
     written = load_config(best)
     assert written.method.name == "soft-prompt" and written.method.options() == {"num_tokens": 4}  # the user's method is kept
-    js = json.loads(run("search", tmp_path / "run.yaml", "--what", "both", "--per-class", "3", "--json").out)
+    js = json.loads(run("search", tmp_path / "run.yaml", "--what", "both", "--per-class", "3", "--generate", "1", "--json").out)
+    assert any(c["kind"] == "generated" for c in js["template"])
     assert written.prompt.template == js["template"][0]["template"]
     words = js["template"][0]["verbalizer"]
     assert {l: [w] if isinstance(w, str) else w for l, w in written.prompt.verbalizer.items()} == words
     assert js["verbalizer"][0]["verbalizer"] == words
     assert not list(tmp_path.glob(".best.yaml.*"))  # atomic write leaves no temporary file
+
+
+def test_generated_cues_follow_the_models_proposals_and_the_label_score(llama, monkeypatch):
+    pm = PromptModel(llama, "Review: {text} Sentiment: {mask}", {"negative": "bad", "positive": "good"}, "zero-shot")
+    tok = llama.tokenizer
+    boosted = {tok(" " + w, add_special_tokens=False)["input_ids"][0]: 5.0 for w in ("very", "it", "was")}
+    V = llama.model.get_output_embeddings().weight.shape[0]
+
+    def fake_mask(pm_, rows, **kw):
+        logits = torch.zeros(len(rows), V)
+        for t, b in boosted.items():
+            logits[:, t] = b
+        return logits.log_softmax(-1)
+
+    seen = []
+
+    def fake_score(pm_, template, words, rows, **kw):
+        seen.append(template)
+        return 0.0, -(2 * template.count(" it was") + template.count(" very"))  # the planted best: " it was ..."
+
+    monkeypatch.setattr(S, "mask_log_probs", fake_mask)
+    monkeypatch.setattr(S, "score_prompt", fake_score)
+    made = S.generate_cues(pm, toy_rows(16), length=2, beam=2, proposals=3)
+    assert made[0][0] == "Review: {text} it was {mask}"
+    assert all(t.startswith("Review: {text} ") and t.endswith(" {mask}") for t, _ in made)
+    assert [s for _, s in made] == sorted((s for _, s in made), reverse=True)
+    assert all(Template(t).n_masks == 1 for t in seen)
+
+
+def test_generated_cues_on_a_real_tiny_model_are_scored_as_zero_shot_prompts(llama):
+    pm = PromptModel(llama, "{text} Sentiment: {mask}", {"negative": "bad", "positive": "good"}, "zero-shot")
+    rows = toy_rows(8, seed=9)
+    made = S.generate_cues(pm, rows, length=2, beam=2, proposals=2, examples_per_class=4)
+    assert 2 <= len(made) <= 4
+    for t, score in made:
+        zs = PromptModel(llama, t, {"negative": "bad", "positive": "good"}, "zero-shot")
+        assert score == pytest.approx(-float(F.nll_loss(zs.predict_log_probs(rows), zs.labels_tensor(rows))), abs=1e-4)
+    res = S.search_templates(pm, rows, toy_rows(8, seed=10), generate=2, cues=(), frames=(), instructions=())
+    assert sum(c.kind == "generated" for c in res.candidates) >= 1

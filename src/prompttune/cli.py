@@ -148,6 +148,7 @@ def search(config: Optional[Path] = typer.Argument(None, help="YAML config whose
            per_class: int = typer.Option(5, "--per-class", help="label-word candidates per class"),
            max_candidates: int = typer.Option(20, "--max-candidates", help="verbalizers scored on dev"),
            metric: str = typer.Option("accuracy", "--metric", help="rank by dev accuracy (ties: loss) or by dev loss"),
+           generate: int = typer.Option(0, "--generate", help="also score the N best cues written by the model itself (beam search)"),
            set_: List[str] = typer.Option([], "--set", help="override a config key, e.g. --set data.seed=1 (repeatable)"),
            output: Optional[Path] = typer.Option(None, "--output", "-o", help="write the best prompt as a ready config (YAML)"),
            json_out: bool = typer.Option(False, "--json", help="print the ranked candidates as one JSON object")) -> None:
@@ -158,7 +159,8 @@ def search(config: Optional[Path] = typer.Argument(None, help="YAML config whose
     if metric not in ("accuracy", "loss"):
         raise PromptTuneError(f"--metric {metric!r}", where="search", fix="use accuracy or loss")
     cfg = load_config(config, list(set_))
-    res = run_search(cfg, what, per_class=per_class, max_candidates=max_candidates, metric=metric, progress=not json_out, log=_say)
+    res = run_search(cfg, what, per_class=per_class, max_candidates=max_candidates, metric=metric, generate=generate,
+                     progress=not json_out, log=_say)
     if output:
         write_config(res["config"], output)
         _say(f"best prompt written to {output}")

@@ -321,16 +321,80 @@ def _combine(seed: str, best: dict[str, str]) -> str | None:
     return text if text != seed and text not in best.values() else None
 
 
+def generate_cues(pm, train_rows, *, length: int = 3, beam: int = 3, proposals: int = 8, examples_per_class: int = 8,
+                  progress: bool = False, batch_size: int = 16) -> list[tuple[str, float]]:
+    """Templates written by the model itself (in the spirit of LM-BFF's T5-generated templates, for any LM family):
+    a beam search over the cue between the input and the mask. At each step the model proposes the words it finds
+    most likely to come next after the input and the cue so far (averaged over training examples); each extension
+    is scored by the mean log-probability the prompt gives the gold label (on ``examples_per_class`` examples per
+    class), and the ``beam`` best are kept. Returns (template, train score) for every kept cue, best first."""
+    from .data import few_shot
+
+    _check_searchable(pm)
+    head, last, between, tail = _split_seed(pm.template)
+    if any(not (isinstance(s, Text) and not s.text.strip()) for s in tail[1:]):
+        raise TemplateError("cue generation needs a template that ends at its {mask}", where="prompt.template",
+                            fix="move the text after {mask} before it, or search with the built-in edits only")
+    stem = _join(head) + _join([last])  # the cue brings its own leading space: the model proposes " It", " The", ...
+    words = {l: list(ws) for l, ws in pm.verbalizer.words.items()}
+    per = min([examples_per_class] + [sum(r["label"] == l for r in train_rows) for l in pm.verbalizer.labels])
+    rows = few_shot(train_rows, per, seed=0) if per >= 1 else list(train_rows)
+    special = set(pm.backbone.tokenizer.all_special_ids)
+    tok = pm.backbone.tokenizer
+    scores: dict[str, float] = {}
+
+    def score(cue: str) -> float:
+        if cue not in scores:
+            t = stem + cue.replace("{", "{{").replace("}", "}}") + " {mask}"
+            acc, loss = score_prompt(pm, t, words, rows, batch_size=batch_size)
+            scores[cue] = -loss
+        return scores[cue]
+
+    from .model import _progress
+
+    bar = _progress(progress, length * beam * proposals, "generate")
+    beams = [""]
+    kept: dict[str, float] = {}
+    for _ in range(length):
+        grown: list[str] = []
+        for cue in beams:
+            lm = _zero_shot(pm.backbone, stem + cue.replace("{", "{{").replace("}", "}}") + "{mask}", words, pm)
+            lp = torch.logsumexp(mask_log_probs(lm, rows, batch_size=batch_size), 0)
+            picked = 0
+            for t in lp.topk(min(proposals * 20, lp.numel())).indices.tolist():
+                piece = tok.decode([t])
+                if t in special or not (piece.strip().isalpha() or piece.strip() in (":", ",")) or "\n" in piece:
+                    continue
+                if not cue and not piece.startswith(" "):
+                    continue  # the first word must not glue onto the input's last word
+                grown.append(cue + piece)
+                picked += 1
+                if picked >= proposals:
+                    break
+        for cue in grown:
+            score(cue)
+            bar.update(1)
+        beams = sorted(set(grown), key=lambda c: -scores[c])[:beam]
+        kept.update({c: scores[c] for c in beams})
+    bar.close()
+    ranked = sorted(kept.items(), key=lambda x: -x[1])
+    return [(stem + c.replace("{", "{{").replace("}", "}}") + " {mask}", sc) for c, sc in ranked]
+
+
 def search_templates(pm, train_rows, dev_rows, *, cues: Sequence[str] = CUES, frames: Sequence[str] = FRAMES,
-                     instructions: Sequence[str] = INSTRUCTIONS, extra: Sequence[str] = (), metric: str = "accuracy",
-                     progress: bool = False, batch_size: int = 16) -> SearchResult:
-    """Score edits of ``pm``'s template (with its verbalizer) zero-shot on ``dev_rows``; then the best edits combined."""
+                     instructions: Sequence[str] = INSTRUCTIONS, extra: Sequence[str] = (), generate: int = 0,
+                     metric: str = "accuracy", progress: bool = False, batch_size: int = 16) -> SearchResult:
+    """Score edits of ``pm``'s template (with its verbalizer) zero-shot on ``dev_rows``; then the best edits combined.
+    ``generate``: also the best ``generate`` cues written by the model itself (``generate_cues``)."""
     _check_searchable(pm)
     if not dev_rows:
         raise ConfigError("search needs dev examples to rank candidates", where="data.dev", fix="give a dev file or few-shot sample")
     words = {l: list(ws) for l, ws in pm.verbalizer.words.items()}
     pool = template_candidates(pm.template.text, words, cues=cues, frames=frames, instructions=instructions)
     pool += [("given", Template(x).text) for x in extra if x not in {t for _, t in pool}]
+    if generate:
+        made = generate_cues(pm, train_rows, progress=progress, batch_size=batch_size)[:generate]
+        pool += [("generated", t) for t, _ in made if t not in {t for _, t in pool}]
     from .model import _progress
 
     bar = _progress(progress, len(pool) + 1, "templates")
@@ -360,7 +424,7 @@ def search_templates(pm, train_rows, dev_rows, *, cues: Sequence[str] = CUES, fr
 # Config in, config out
 # ------------------------------------------------------------------------------------------------
 def run_search(cfg, what: str = "both", *, per_class: int = 5, max_candidates: int = 20, metric: str = "accuracy",
-               progress: bool = True, log=print, backbone=None) -> dict:
+               generate: int = 0, progress: bool = True, log=print, backbone=None) -> dict:
     """Search as configured. ``what``: verbalizer, template or both (label words first, then templates with the best
     words). Returns {"verbalizer": SearchResult, "template": SearchResult, "config": the best as a RunConfig}."""
     from .pipeline import build_model, load_splits
@@ -387,7 +451,7 @@ def run_search(cfg, what: str = "both", *, per_class: int = 5, max_candidates: i
         if best_words != cfg.prompt.verbalizer:
             pm = PromptModel(pm.backbone, cfg.prompt.template, best_words, "zero-shot", max_length=pm.max_length,
                              padding_side=pm.padding_side, demonstrations=pm.demonstrations)
-        res = search_templates(pm, train, dev, metric=metric, progress=progress)
+        res = search_templates(pm, train, dev, metric=metric, generate=generate, progress=progress)
         out["template"] = res
         best_template = res.best.template
         log(f"best template: {res.best.template!r} (dev accuracy {res.best.dev_accuracy:.3f}, seed {res.seed.dev_accuracy:.3f})")

@@ -3,7 +3,7 @@
 The template gets a fixed number of slots (its ``{soft}`` placeholders, or ``num_tokens`` in front when it has none).
 A policy, one row of logits per slot over a restricted vocabulary (the first ``candidates`` whole-word tokens of the
 tokenizer), samples ``samples`` prompts per step; each is scored by the frozen model on a batch of training examples
-(reward: the mean class margin, log p(gold) - max log p(other), or the accuracy), and REINFORCE updates the logits
+(reward: the mean class margin, log p(gold) - max log p(other) clipped to [-20, 20], or the accuracy), and REINFORCE updates the logits
 with a moving-average baseline, advantages normalised by their moving spread, and an entropy bonus. The backbone gets
 no gradient, so a black-box model that only returns label-word scores would do.
 
@@ -187,10 +187,13 @@ class RLPrompt(Method):
         rep["soft_index"] = torch.where(rep["soft_index"] >= 0, rep["soft_index"] + offsets, rep["soft_index"])
         big = type(batch)(**{**vars(batch), **rep, "n_examples": batch.n_examples * S})
         self._sampled = self.candidates[actions].reshape(-1)
+        was_training = pm.training
+        pm.eval()  # no dropout: the reward is the model's prediction
         try:
             logp = pm(big, calibrate=False).float().view(S, len(rows), -1)
         finally:
             self._sampled = None
+            pm.train(was_training)
         y = pm.labels_tensor(rows).to(logp.device)
         gold = logp.gather(-1, y.view(1, -1, 1).expand(S, -1, 1)).squeeze(-1)
         if self.options.reward == "accuracy":
