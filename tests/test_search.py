@@ -189,3 +189,20 @@ def test_generated_cues_on_a_real_tiny_model_are_scored_as_zero_shot_prompts(lla
         assert score == pytest.approx(-float(F.nll_loss(zs.predict_log_probs(rows), zs.labels_tensor(rows))), abs=1e-4)
     res = S.search_templates(pm, rows, toy_rows(8, seed=10), generate=2, cues=(), frames=(), instructions=())
     assert sum(c.kind == "generated" for c in res.candidates) >= 1
+
+
+def test_search_with_demonstrations_scores_each_candidate_with_its_own_demonstrations(llama):
+    from prompttune.demonstrations import Demonstrations
+
+    train, dev = toy_rows(12, seed=11), toy_rows(8, seed=12)
+    pm = PromptModel(llama, "Review: {text} Sentiment: {mask}", {"negative": "bad", "positive": "good"}, "zero-shot",
+                     demonstrations=Demonstrations(train, {"k": 1}))
+    before = pm.render(dev[0]).ids
+    res = S.search_templates(pm, train, dev, cues=(" It was",), frames=(), instructions=())
+    pm._render_cache.clear()
+    assert pm.render(dev[0]).ids == before  # the searched model's demonstrations are untouched
+    cue = next(c for c in res.candidates if c.kind == "cue")
+    zs = PromptModel(llama, cue.template, cue.verbalizer, "zero-shot", demonstrations=Demonstrations(train, {"k": 1}))
+    ids, alone = zs.render(dev[0]).ids, PromptModel(llama, cue.template, cue.verbalizer, "zero-shot").render(dev[0]).ids
+    assert " It was" in llama.tokenizer.decode(ids[: len(ids) - len(alone)])  # demonstrations written with the candidate
+    assert cue.dev_accuracy == pytest.approx(zs.evaluate(dev)["accuracy"])

@@ -49,7 +49,7 @@ class PromptConfig(_Section):
 
 class MethodConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
-    name: str = Field("soft-prompt", description="zero-shot, soft-prompt, prompt-finetune, head-finetune")
+    name: str = Field("soft-prompt", description="zero-shot, soft-prompt, prompt-finetune, head-finetune, rl-prompt")
 
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})

@@ -77,7 +77,17 @@ def _zero_shot(backbone, template: str, verbalizer, pm_like) -> "object":
     from .model import PromptModel
 
     return PromptModel(backbone, template, verbalizer, "zero-shot", max_length=pm_like.max_length, padding_side=pm_like.padding_side,
-                       demonstrations=getattr(pm_like, "demonstrations", None))
+                       demonstrations=_copy_demos(pm_like))
+
+
+def _copy_demos(pm):
+    """The same demonstrations for another prompt (binding writes them with that prompt's template)."""
+    d = getattr(pm, "demonstrations", None)
+    if d is None:
+        return None
+    from .demonstrations import Demonstrations
+
+    return Demonstrations.from_dict(d.to_dict())
 
 
 def _check_searchable(pm) -> None:
@@ -450,7 +460,7 @@ def run_search(cfg, what: str = "both", *, per_class: int = 5, max_candidates: i
 
         if best_words != cfg.prompt.verbalizer:
             pm = PromptModel(pm.backbone, cfg.prompt.template, best_words, "zero-shot", max_length=pm.max_length,
-                             padding_side=pm.padding_side, demonstrations=pm.demonstrations)
+                             padding_side=pm.padding_side, demonstrations=_copy_demos(pm))
         res = search_templates(pm, train, dev, metric=metric, generate=generate, progress=progress)
         out["template"] = res
         best_template = res.best.template
