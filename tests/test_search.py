@@ -155,7 +155,7 @@ def test_search_command_prints_a_table_and_writes_a_ready_config(monkeypatch, ca
 def test_generated_cues_follow_the_models_proposals_and_the_label_score(llama, monkeypatch):
     pm = PromptModel(llama, "Review: {text} Sentiment: {mask}", {"negative": "bad", "positive": "good"}, "zero-shot")
     tok = llama.tokenizer
-    boosted = {tok(" " + w, add_special_tokens=False)["input_ids"][0]: 5.0 for w in ("very", "it", "was")}
+    boosted = {tok(" " + w, add_special_tokens=False)["input_ids"][0]: b for w, b in (("very", 5.0), ("it", 4.5), ("was", 4.0))}
     V = llama.model.get_output_embeddings().weight.shape[0]
 
     def fake_mask(pm_, rows, **kw):
@@ -168,7 +168,8 @@ def test_generated_cues_follow_the_models_proposals_and_the_label_score(llama, m
 
     def fake_score(pm_, template, words, rows, **kw):
         seen.append(template)
-        return 0.0, -(2 * template.count(" it was") + template.count(" very"))  # the planted best: " it was ..."
+        # " it" alone scores no better than " was", and " very" beats both: only the beam finds " it was"
+        return 0.0, -(3 * template.count(" it was") + template.count(" very"))
 
     monkeypatch.setattr(S, "mask_log_probs", fake_mask)
     monkeypatch.setattr(S, "score_prompt", fake_score)

@@ -384,7 +384,7 @@ def generate_cues(pm, train_rows, *, length: int = 3, beam: int = 3, proposals: 
         for cue in grown:
             score(cue)
             bar.update(1)
-        beams = sorted(set(grown), key=lambda c: -scores[c])[:beam]
+        beams = sorted(dict.fromkeys(grown), key=lambda c: -scores[c])[:beam]  # stable: ties keep the model's order
         kept.update({c: scores[c] for c in beams})
     bar.close()
     ranked = sorted(kept.items(), key=lambda x: -x[1])
