@@ -20,7 +20,6 @@ import time
 from typing import Callable, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
