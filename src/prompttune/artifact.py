@@ -86,6 +86,8 @@ def save(pm, directory, *, metrics: dict | None = None, extra: dict | None = Non
     }
     if hasattr(pm, "artifact_meta"):  # another task (generation) records what it needs to rebuild itself
         meta.update(pm.artifact_meta())
+    if getattr(pm, "demonstrations", None) is not None:
+        meta["demonstrations"] = pm.demonstrations.to_dict()
     if metrics:
         meta["metrics"] = {k: metrics[k] for k in ("accuracy", "macro_f1", "n", "rouge1", "rouge2", "rougeL", "bleu", "chrf")
                            if k in metrics}
@@ -148,11 +150,11 @@ def load(directory, *, backbone=None):
             raise ArtifactError("the saved template does not rebuild as saved", where=str(d), fix="re-run training to rewrite the artifact")
         pm.space_into_target = bool(meta.get("space_into_target", pm.space_into_target))
         pm.generation = GenerateConfig.model_validate(meta.get("generation") or {})
-        return _load_tensors(pm, d, bmeta)
+        return _load_tensors(pm, d, meta)
     backbone = _artifact_backbone(d, meta, backbone, num_labels=len(meta["verbalizer"]["words"]))
     pm = PromptModel(backbone, meta["template"], Verbalizer.from_dict(meta["verbalizer"]), make_method(name, **method_cfg),
                      max_length=meta.get("max_length", 256), padding_side=meta.get("padding_side", "right"), init=False)
-    return _load_tensors(pm, d, bmeta)
+    return _load_tensors(pm, d, meta)
 
 
 def _artifact_backbone(d: Path, meta: dict, backbone, *, num_labels):
@@ -179,8 +181,12 @@ def _artifact_backbone(d: Path, meta: dict, backbone, *, num_labels):
     return backbone
 
 
-def _load_tensors(pm, d: Path, bmeta: dict):
-    pm.base_fingerprint = bmeta.get("fingerprint")
+def _load_tensors(pm, d: Path, meta: dict):
+    pm.base_fingerprint = meta["backbone"].get("fingerprint")
+    if meta.get("demonstrations"):
+        from .demonstrations import Demonstrations
+
+        pm.set_demonstrations(Demonstrations.from_dict(meta["demonstrations"]))
     tpath = d / PROMPT_TENSORS
     if not tpath.is_file():
         raise ArtifactError(f"{PROMPT_TENSORS} is missing", where=str(d), fix="re-run training to rewrite the artifact")

@@ -73,12 +73,19 @@ def eval_(directory: Path = typer.Argument(..., help="artifact directory written
           label_column: str = typer.Option("label", "--label-column", help="label column of the data"),
           limit: Optional[int] = typer.Option(None, "--limit", help="evaluate the first N examples only"),
           batch_size: int = typer.Option(16, "--batch-size", help="evaluation batch size"),
+          with_: List[Path] = typer.Option([], "--with", help="another artifact to ensemble with (probabilities averaged; repeatable)"),
           json_out: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
     """Evaluate an artifact: accuracy, macro-F1, per-class scores, examples per second (generation: ROUGE, BLEU, chrF, tokens/s)."""
     from .pipeline import evaluate_artifact
 
-    m = evaluate_artifact(directory, data, columns=_columns(column), label_column=label_column, limit=limit,
-                          batch_size=batch_size, progress=not json_out)
+    if with_:
+        from .ensemble import evaluate_ensemble
+
+        m = evaluate_ensemble([directory, *with_], data, columns=_columns(column), label_column=label_column, limit=limit,
+                              batch_size=batch_size, progress=not json_out)
+    else:
+        m = evaluate_artifact(directory, data, columns=_columns(column), label_column=label_column, limit=limit,
+                              batch_size=batch_size, progress=not json_out)
     if json_out:
         print(json.dumps(m, ensure_ascii=False))
         return
@@ -91,7 +98,8 @@ def eval_(directory: Path = typer.Argument(..., help="artifact directory written
 
 
 @app.command()
-def predict(directory: Path = typer.Argument(..., help="artifact directory"),
+def predict(directory: Path = typer.Argument(..., help="artifact directory; further artifact directories after it form an "
+                                                    "ensemble (class probabilities averaged)"),
             text: List[str] = typer.Argument(None, help="texts to classify (fill the template's one field)"),
             input_: Optional[Path] = typer.Option(None, "--input", help="JSONL file, one object with the template's fields per line"),
             json_out: bool = typer.Option(False, "--json", help="print one JSON object per input"),
@@ -106,9 +114,13 @@ def predict(directory: Path = typer.Argument(..., help="artifact directory"),
     inputs: list = list(text or [])
     if input_:
         inputs += read_file(input_, require_label=False)
+    from .ensemble import Ensemble, is_artifact
+
+    members = [directory] + [Path(t) for t in _leading(text or [], is_artifact)]
+    inputs = inputs[len(members) - 1:]
     if not inputs:
         raise PromptTuneError("nothing to predict", where="predict", fix="give texts as arguments or --input FILE.jsonl")
-    pm = load(directory)
+    pm = load(directory) if len(members) == 1 else Ensemble.load(members)
     if getattr(pm, "task", "classification") == "generation":
         overrides = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("num_beams", num_beams)) if v is not None}
         if sample:
@@ -211,6 +223,50 @@ def experiment(grid: Path = typer.Argument(..., help="grid YAML: a train config 
         print("written: " + ", ".join(res["files"]))
 
 
+@app.command()
+def search(config: Optional[Path] = typer.Argument(None, help="YAML config whose prompt is the seed of the search"),
+           what: str = typer.Option("both", "--what", help="verbalizer (label words), template, or both (words first)"),
+           top: int = typer.Option(10, "--top", help="rows of each table to print"),
+           per_class: int = typer.Option(5, "--per-class", help="label-word candidates per class"),
+           max_candidates: int = typer.Option(20, "--max-candidates", help="verbalizers scored on dev"),
+           metric: str = typer.Option("accuracy", "--metric", help="rank by dev accuracy (ties: loss) or by dev loss"),
+           generate: int = typer.Option(0, "--generate", help="also score the N best cues written by the model itself (beam search)"),
+           set_: List[str] = typer.Option([], "--set", help="override a config key, e.g. --set data.seed=1 (repeatable)"),
+           output: Optional[Path] = typer.Option(None, "--output", "-o", help="write the best prompt as a ready config (YAML)"),
+           json_out: bool = typer.Option(False, "--json", help="print the ranked candidates as one JSON object")) -> None:
+    """Find better label words and templates: candidates from the model itself and from edits of the seed, ranked on dev."""
+    from .config import load_config
+    from .search import run_search, write_config
+
+    if metric not in ("accuracy", "loss"):
+        raise PromptTuneError(f"--metric {metric!r}", where="search", fix="use accuracy or loss")
+    cfg = load_config(config, list(set_))
+    res = run_search(cfg, what, per_class=per_class, max_candidates=max_candidates, metric=metric, generate=generate,
+                     progress=not json_out, log=_say)
+    if output:
+        write_config(res["config"], output)
+        _say(f"best prompt written to {output}")
+    if json_out:
+        print(json.dumps({k: [c.to_dict() for c in v.candidates] for k, v in res.items() if k != "config"}, ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    for kind in ("verbalizer", "template"):
+        if kind not in res:
+            continue
+        table = Table(title=f"{kind} candidates (zero-shot on dev, best first)")
+        for col, just in (("#", "right"), ("candidate", "left"), ("kind", "left"), ("dev acc", "right"), ("dev loss", "right"),
+                          ("train acc", "right")):
+            table.add_column(col, justify=just)
+        for i, c in enumerate(res[kind].candidates[:top], 1):
+            tr = "" if c.train_accuracy is None else f"{c.train_accuracy:.3f}"
+            table.add_row(str(i), escape(repr(c.describe())[1:-1]), c.kind, f"{c.dev_accuracy:.3f}", f"{c.dev_loss:.3f}", tr)
+        console.print(table)
+
+
 @app.command("list")
 def list_() -> None:
     """List the built-in models, corpora and methods."""
@@ -242,6 +298,15 @@ def _columns(items: list[str]) -> dict | None:
         k, _, v = it.partition("=")
         out[k.strip()] = v.strip()
     return out or None
+
+
+def _leading(items, test) -> list:
+    out = []
+    for x in items:
+        if not test(x):
+            break
+        out.append(x)
+    return out
 
 
 def main() -> None:

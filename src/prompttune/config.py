@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .demonstrations import DemonstrationConfig
 from .errors import ConfigError
 from .generation import GenerateConfig
 from .train import TrainConfig
@@ -38,6 +39,8 @@ class PromptConfig(_Section):
     target: str | None = Field(None, description="generation: the field to generate (e.g. headline, de); the template "
                                                  "then places only the source and has no {mask}. None = classification")
     max_target_length: int = Field(64, ge=2, description="generation: most target tokens trained on (eos included)")
+    demonstrations: DemonstrationConfig | None = Field(
+        None, description="LM-BFF demonstrations: k labelled training examples per class in front of each input, e.g. {k: 1, select: similar}")
 
     @field_validator("template")
     @classmethod
@@ -60,7 +63,7 @@ class PromptConfig(_Section):
 class MethodConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str = Field("prefix", description="zero-shot, soft-prompt, prefix (the default: measured best, see README), lora, "
-                                         "prompt-finetune, head-finetune")
+                                         "prompt-finetune, head-finetune, rl-prompt")
 
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})

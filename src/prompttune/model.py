@@ -32,7 +32,7 @@ class PromptModel(nn.Module):
 
     def __init__(self, backbone: Backbone, template: Template | str, verbalizer: Verbalizer | Mapping | Sequence,
                  method: Method | str = "soft-prompt", *, max_length: int = 256, padding_side: str = "right",
-                 method_options: dict | None = None, init: bool = True, seed: int = 0):
+                 method_options: dict | None = None, init: bool = True, seed: int = 0, demonstrations=None):
         super().__init__()
         template = template if isinstance(template, Template) else Template(template)
         verbalizer = Verbalizer.from_spec(verbalizer)
@@ -66,6 +66,16 @@ class PromptModel(nn.Module):
         else:
             self.word_ids, self.word_class, self.fast, self.reserve = [], torch.zeros(0, dtype=torch.long), True, 0
         self._render_cache: OrderedDict = OrderedDict()
+        self.demonstrations = None
+        if demonstrations is not None:
+            self.set_demonstrations(demonstrations)
+
+    def set_demonstrations(self, demonstrations) -> None:
+        """Put labelled examples in front of every input (``prompttune.demonstrations``); None removes them."""
+        if demonstrations is not None:
+            demonstrations.bind(self)
+        self.demonstrations = demonstrations
+        self._render_cache.clear()
 
     # ---- construction ----------------------------------------------------------------------
     @classmethod
@@ -96,6 +106,8 @@ class PromptModel(nn.Module):
         hit = self._render_cache.get(key)
         if hit is None:
             hit = self.renderer.render(row, reserve=self.reserve)
+            if self.demonstrations is not None:
+                hit = self.demonstrations.apply(row, hit, reserve=self.reserve)
             self._render_cache[key] = hit
             if len(self._render_cache) > 200_000:
                 self._render_cache.popitem(last=False)

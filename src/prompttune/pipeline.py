@@ -87,10 +87,17 @@ def run_training(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
     log(f"data: {len(train)} train, {len(dev)} dev, {len(test)} test examples")
     pm = build_model(cfg)
     pm.template.check(needs_mask=False, columns=train[0].keys())
+    demos = None
+    if cfg.prompt.demonstrations is not None:
+        from .demonstrations import Demonstrations
+
+        demos = Demonstrations.from_config(cfg.prompt.demonstrations, train)
+        pm.set_demonstrations(demos)
     zero = None
     if main and cfg.zero_shot_baseline and test and pm.backbone.family.uses_verbalizer and not Template(cfg.prompt.template).has_soft:
         base = PromptModel(pm.backbone, cfg.prompt.template, cfg.prompt.verbalizer, "zero-shot",
-                           max_length=cfg.prompt.max_length, padding_side=cfg.prompt.padding_side)
+                           max_length=cfg.prompt.max_length, padding_side=cfg.prompt.padding_side,
+                           demonstrations=Demonstrations.from_dict(demos.to_dict()) if demos else None)
         if cfg.prompt.calibrate:
             base.calibrate()
         zero = base.evaluate(test, batch_size=cfg.train.eval_batch_size, progress=progress)

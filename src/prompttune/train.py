@@ -131,6 +131,10 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
     task = pm.training_task() if hasattr(pm, "training_task") else ClassificationTask(pm)
     task.prepare(train_rows, dev_rows, cfg)
     pm.method.set_trainable(pm.backbone)
+    own = pm.method.fit(pm, train_rows, dev_rows, cfg)  # methods with their own optimisation (no backpropagation)
+    if own is not None:
+        pm.eval()
+        return own
 
     if cfg.gradient_checkpointing:
         pm.backbone.gradient_checkpointing(True)

@@ -8,10 +8,11 @@ from .head_finetune import HeadFinetune
 from .lora import Lora
 from .prefix import Prefix
 from .prompt_finetune import PromptFinetune
+from .rl_prompt import RLPrompt
 from .soft_prompt import SoftPrompt
 from .zero_shot import ZeroShot
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, SoftPrompt, Prefix, Lora, PromptFinetune, HeadFinetune)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (ZeroShot, SoftPrompt, Prefix, Lora, PromptFinetune, HeadFinetune, RLPrompt)}
 
 
 def make_method(name: str, **options) -> Method:

@@ -134,6 +134,11 @@ class Method(nn.Module):
                     self.soft.weight.copy_(_init_rows(backbone, template, verbalizer, how if how in _SOFT_INITS else "auto", n, seed))
             self.soft.to(backbone.model.get_input_embeddings().weight.device)
 
+    def fit(self, pm, train_rows, dev_rows, cfg):
+        """A method that does not train by backpropagating a loss (e.g. a policy gradient) trains here and returns
+        a ``TrainResult``; None (the default) means the trainer's gradient loop trains ``trainable_parameters``."""
+        return None
+
     def set_trainable(self, backbone) -> None:
         """Freeze or unfreeze the backbone as this method trains it (another model on the same backbone may have changed it).
 
