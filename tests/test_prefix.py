@@ -178,3 +178,21 @@ def test_generate_with_prefix_uses_the_cache_and_batches_with_left_padding(kind)
     assert cached == [gen([t], True)[0] for t in texts]
     bb.set_prefix(None)
     assert gen(texts, True) != cached  # the prefix mattered
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "t5"])
+def test_prefix_trains_for_generation_and_generates_batched_with_the_cache(kind):
+    from prompttune.generation import GenerationModel
+    from test_generation import SOURCES, copy_rows
+
+    gm = GenerationModel(tiny_backbone(kind), "copy: {src} =>", target="tgt", method="prefix", method_options={"num_tokens": 4})
+    train, dev = copy_rows(64, 0), copy_rows(16, 1)
+    before = gm.loss_on(dev)
+    gm.fit(train, dev, max_steps=40, lr=3e-2, progress=False, eval_every=20)
+    assert gm.loss_on(dev) < 0.95 * before
+    cached = gm.generate(SOURCES, max_new_tokens=6, batch_size=4)
+    assert cached == gm.generate(SOURCES, max_new_tokens=6, batch_size=4, use_cache=False)
+    assert cached == [gm.generate([r], max_new_tokens=6)[0] for r in SOURCES]
+    with torch.no_grad():
+        gm.method.values[0].mul_(-5.0)
+    assert gm.generate(SOURCES, max_new_tokens=6, batch_size=4) != cached  # the prefix is in place while generating

@@ -88,7 +88,12 @@ def method_inputs(method, backbone, input_ids: torch.Tensor, soft_index: torch.T
     hook = getattr(method, "model_inputs", None)
     if hook is not None:
         return dict(hook(backbone, input_ids, soft_index, attention_mask))
-    return {"inputs_embeds": method.embed(backbone, input_ids, soft_index), "attention_mask": attention_mask}
+    backbone.set_prefix(method.prefix_kv(backbone))  # deep prompts enter at the attention level (None: no prefix)
+    kw = {"inputs_embeds": method.embed(backbone, input_ids, soft_index), "attention_mask": attention_mask}
+    fam = backbone.family
+    if fam.position_offset and fam.takes_position_ids:  # positions continue after a prefix, in the loss and in generate()
+        kw["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp_min(0) + fam.position_offset
+    return kw
 
 
 def _pad(seqs: Sequence[Sequence[int]], value: int, side: str) -> torch.Tensor:

@@ -60,6 +60,8 @@ class Prefix(Method):
         self.n_points = len(points)
         dims = [(p.heads, p.head_dim) for p in points[:n_sets]]
         text_ids = None
+        if o.init == "auto" and o.init_text is None and verbalizer is None:  # generation: no label words to name
+            o = self.options = o.model_copy(update={"init": "vocab"})
         if o.init in ("auto", "text"):
             text = o.init_text if o.init_text is not None else default_init_text(verbalizer)
             text_ids = backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
