@@ -94,9 +94,21 @@ class ServedTask:
     def load(cls, engine: "ServeEngine", name: str, directory: Path, meta: dict) -> "ServedTask":
         raise NotImplementedError
 
-    def make_jobs(self, operation: str, inputs: Sequence[Any]) -> list[Any]:
-        """Validate and prepare inputs (in the caller's thread); raise PromptTuneError for bad input."""
+    def make_jobs(self, operation: str, inputs: Sequence[Any], **options) -> list[Any]:
+        """Validate and prepare inputs (in the caller's thread); raise PromptTuneError for bad input, and
+        UnsupportedError for an operation this kind lacks (``unsupported`` builds it)."""
         raise NotImplementedError
+
+    def format_result(self, operation: str, raw: Any) -> dict:
+        """The JSON-ready answer for one input."""
+        raise NotImplementedError
+
+    def unsupported(self, operation: str) -> "UnsupportedError":
+        return UnsupportedError(f"task {self.name!r} is a {self.kind} task; it cannot {operation}", where=self.name,
+                                implemented=any(operation in k.operations for k in TASK_KINDS.values()),
+                                fix=f"use {', '.join(sorted(self.operations))} for this task" + (
+                                    "" if any(operation in k.operations for k in TASK_KINDS.values())
+                                    else f"; no task kind installed in this server can {operation}"))
 
     @classmethod
     def run_batch(cls, engine: "ServeEngine", jobs: list[Job]) -> list[Any]:
@@ -228,12 +240,15 @@ class ClassificationTask(ServedTask):
         raise TemplateError(f"an input must be a string or an object, got {type(x).__name__}", where="input",
                             fix="send a string, or an object with one key per template field")
 
-    def make_jobs(self, operation, inputs):
+    def make_jobs(self, operation, inputs, **options):
         if operation not in self.operations:
-            raise UnsupportedError(f"task {self.name!r} is a {self.kind} task; it cannot {operation}", where=self.name,
-                                   implemented=any(operation in k.operations for k in TASK_KINDS.values()),
-                                   fix=f"use {', '.join(sorted(self.operations))} for this task")
+            raise self.unsupported(operation)
+        if options:
+            raise ConfigError(f"predict takes no options, got {sorted(options)}", where="request", fix="drop them")
         return [self.pm.renderer.render(self.as_row(x), reserve=self.pm.reserve) for x in inputs]
+
+    def format_result(self, operation, raw):
+        return format_prediction(self, raw)
 
     def describe(self):
         m = self.meta
@@ -459,6 +474,14 @@ class EngineStats:
             self.tokens_computed += computed
             self.prefix_tokens_reused += reused
 
+    def summary(self) -> str:
+        s = self.snapshot()
+        total = s["tokens_computed"] + s["prefix_tokens_reused"]
+        share = f" ({100 * s['prefix_tokens_reused'] / total:.1f}%)" if total else ""
+        mean = s["batch_inputs"] / s["batches"] if s["batches"] else 0.0
+        return (f"{s['batch_inputs']} inputs in {s['batches']} batches (mean {mean:.1f}), {s['forwards']} forward passes; "
+                f"prompt cache: {s['prefix_tokens_reused']} of {total} tokens reused instead of computed{share}")
+
     def snapshot(self) -> dict:
         with self.lock:
             return {"batches": self.batches, "batch_inputs": self.batch_inputs, "batch_hist": dict(self.batch_hist),
@@ -580,13 +603,13 @@ class ServeEngine:
                 raise UnknownTaskError(f"no task named {name!r}", where="task", fix="list the tasks to see their names")
 
     # ---- requests ------------------------------------------------------------------------------
-    def submit(self, task: str, inputs: Sequence[Any], *, operation: str = "predict") -> Future:
+    def submit(self, task: str, inputs: Sequence[Any], *, operation: str = "predict", **options) -> Future:
         """Queue inputs of one task; the Future resolves to one raw result per input (class log-probs for
         classification). Bad input raises here; a full queue raises OverloadedError."""
         if isinstance(inputs, (str, Mapping)):
             inputs = [inputs]
         t = self.task(task)
-        payloads = t.make_jobs(operation, list(inputs))
+        payloads = t.make_jobs(operation, list(inputs), **options)
         fut: Future = Future()
         req = _Request(fut, len(payloads))
         if not payloads:
@@ -606,7 +629,7 @@ class ServeEngine:
     def predict(self, task: str, inputs, *, timeout: float | None = None) -> list[dict]:
         """Labels with per-class probabilities, as PromptModel.predict returns them."""
         t = self.task(task)
-        return [format_prediction(t, lp) for lp in self.submit(task, inputs).result(timeout)]
+        return [t.format_result("predict", lp) for lp in self.submit(task, inputs).result(timeout)]
 
     def predict_mixed(self, items: Iterable[tuple[str, Any]]) -> list[dict]:
         """Run (task, input) pairs now as one batch (bypassing the queue); results in order."""
@@ -616,7 +639,7 @@ class ServeEngine:
             jobs.append(Job(t, t.make_jobs("predict", [x])[0], None, 0))  # type: ignore[arg-type]
         with self._forward_lock:
             out = self._run_kinds(jobs)
-        return [format_prediction(j.task, r) for j, r in zip(jobs, out)]
+        return [j.task.format_result("predict", r) for j, r in zip(jobs, out)]
 
     def log_probs_mixed(self, items: Iterable[tuple[str, Any]]) -> list[torch.Tensor]:
         jobs = []
