@@ -147,7 +147,6 @@ def test_queued_requests_from_several_tasks_share_one_batch(saved_tiny, artifact
         ref = _reference(artifacts, [("sst", "good film"), ("topic", "the plot"), ("sst", "bad"), ("topic", "a movie")])
         for g, r in zip(results, ref):
             torch.testing.assert_close(g, r, atol=1e-5, rtol=0)
-        assert eng.predict("sst", "good")[0]["label"] in ("negative", "positive")
     finally:
         eng.close()
 
@@ -391,36 +390,29 @@ def test_concurrent_clients_of_several_tasks_get_every_answer_once(saved_tiny, a
         eng.close()
 
 
-def test_prompttune_serve_command_serves_the_artifacts(artifacts):
-    import os
-    import socket
-    import subprocess
-    import sys
+def test_prompttune_serve_command_wires_the_options_into_the_engine_and_app(artifacts, monkeypatch):
+    from typer.testing import CliRunner
 
-    import httpx
+    import prompttune.serve.app as app_mod
+    from prompttune.cli import app as cli_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(os.path.dirname(__file__), "..", "src"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "prompttune", "serve", str(artifacts["sst"]), str(artifacts["nli"]),
-                             "--port", str(port), "--api-key", "k", "--max-batch", "4"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-            assert proc.poll() is None, proc.communicate()[1]
-        r = httpx.get(f"http://127.0.0.1:{port}/v1/tasks", headers={"Authorization": "Bearer k"}, timeout=10)
-        assert [t["name"] for t in r.json()["tasks"]] == ["nli", "sst"]
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/tasks/sst/predict", json={"input": "good"}, headers={"Authorization": "Bearer k"}, timeout=10)
-        assert r.status_code == 200
-    finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=30)
-    assert "serving 2 task(s)" in err, err
-    assert "1 inputs in 1 batches" in err, err
+    seen = {}
+
+    def fake_serve(engine, *, host, port, on_shutdown, **kw):  # instead of uvicorn.run: drive the app in-process
+        seen.update(host=host, port=port, engine=engine)
+        with TestClient(create_app(engine, **kw)) as c:
+            seen["unauth"] = c.get("/v1/tasks").status_code
+            seen["tasks"] = [t["name"] for t in c.get("/v1/tasks", headers={"Authorization": "Bearer k"}).json()["tasks"]]
+            seen["too_many"] = c.post("/v1/tasks/sst/predict", json={"inputs": ["a"] * 3}, headers={"Authorization": "Bearer k"}).status_code
+            seen["ok"] = c.post("/v1/tasks/sst/predict", json={"inputs": ["a"] * 2}, headers={"Authorization": "Bearer k"}).status_code
+        on_shutdown()
+        engine.close()
+
+    monkeypatch.setattr(app_mod, "serve", fake_serve)
+    res = CliRunner().invoke(cli_app, ["serve", str(artifacts["sst"]), str(artifacts["nli"]), "--port", "9123", "--api-key", "k",
+                                       "--max-batch", "4", "--max-wait-ms", "7", "--max-inputs", "2", "--no-prefix-cache"])
+    assert res.exit_code == 0, res.output
+    eng = seen["engine"]
+    assert (seen["host"], seen["port"], eng.max_batch, eng.max_wait, eng.prefix_cache) == ("127.0.0.1", 9123, 4, 0.007, False)
+    assert seen["unauth"] == 401 and seen["tasks"] == ["nli", "sst"] and seen["too_many"] == 413 and seen["ok"] == 200
+    assert "serving 2 task(s)" in res.output and "2 inputs in 1 batches" in res.output
