@@ -295,6 +295,9 @@ def test_api_key_guards_every_route_but_health(saved_tiny, artifacts):
         assert c.post("/v1/tasks/sst/predict", json={"input": "x"}, headers={"Authorization": "Bearer wrong"}).status_code == 401
         ok = c.post("/v1/tasks/sst/predict", json={"input": "x"}, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
+        spec = c.get("/openapi.json", headers={"Authorization": "Bearer s3cret"}).json()
+        assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+        assert spec["paths"]["/health"]["get"]["security"] == [] and spec["paths"]["/v1/tasks"]["get"]["security"] == [{"bearer": []}]
     eng.close()
 
 

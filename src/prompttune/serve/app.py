@@ -184,19 +184,29 @@ def _num(v) -> str:
     return str(int(v)) if float(v).is_integer() else repr(float(v))
 
 
-# ---- the body-size guard (pure ASGI, so it also covers chunked bodies) -----------------------------
-class BodyLimit:
-    def __init__(self, app, limit: int):
+# ---- the guard: API key, body size, request counting (pure ASGI: BaseHTTPMiddleware costs ~ms per request) ---
+class Guard:
+    def __init__(self, app, *, limit: int, api_key: str | None, metrics: "HttpMetrics"):
         self.app = app
         self.limit = limit
+        self.api_key = api_key.encode() if api_key else None
+        self.metrics = metrics
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        if self.api_key is not None and scope.get("path") != "/health":
+            scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.api_key):
+                self.metrics.request(scope["method"], "(unauthorised)", 401)
+                return await _send_json(send, 401, {"detail": "missing or wrong API key", "where": "Authorization header",
+                                                    "fix": "send 'Authorization: Bearer <key>'"}, [(b"www-authenticate", b"Bearer")])
+        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
+            self.metrics.request(scope["method"], "(too large)", 413)
             return await self._reject(send)
-        state = {"seen": 0, "over": False}
+        state = {"seen": 0, "over": False, "status": 500}
 
         async def limited_receive():
             msg = await receive()
@@ -208,8 +218,11 @@ class BodyLimit:
             return msg
 
         async def guarded_send(msg):
-            if not state["over"]:
-                await send(msg)
+            if state["over"]:
+                return
+            if msg["type"] == "http.response.start":
+                state["status"] = msg["status"]
+            await send(msg)
 
         try:
             await self.app(scope, limited_receive, guarded_send)
@@ -217,14 +230,21 @@ class BodyLimit:
             if not state["over"]:
                 raise
         if state["over"]:
-            await self._reject(send)
+            self.metrics.request(scope["method"], "(too large)", 413)
+            return await self._reject(send)
+        route = scope.get("route")
+        self.metrics.request(scope["method"], getattr(route, "path", "(unmatched)"), state["status"])
 
     async def _reject(self, send):
-        body = json.dumps({"detail": f"the request body is larger than {self.limit} bytes", "where": "body",
-                           "fix": "send fewer inputs per request, or start the server with a larger --max-body-bytes"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await _send_json(send, 413, {"detail": f"the request body is larger than {self.limit} bytes", "where": "body",
+                                     "fix": "send fewer inputs per request, or start the server with a larger --max-body-bytes"})
+
+
+async def _send_json(send, status: int, body: dict, extra_headers: list | None = None) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())] + (extra_headers or [])})
+    await send({"type": "http.response.body", "body": data})
 
 
 # ---- the app ---------------------------------------------------------------------------------------
@@ -253,21 +273,6 @@ def create_app(engine: ServeEngine, *, api_key: str | None = None, max_body_byte
     def error(status: int, e: PromptTuneError | str, headers: dict | None = None) -> JSONResponse:
         body = {"detail": e.what, "where": e.where, "fix": e.fix} if isinstance(e, PromptTuneError) else {"detail": str(e)}
         return JSONResponse(body, status_code=status, headers=headers)
-
-    @api.middleware("http")
-    async def _auth_and_count(request: Request, call_next):
-        if api_key and request.url.path != "/health":
-            given = request.headers.get("authorization", "")
-            scheme, _, token = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-                metrics.request(request.method, "(unauthorised)", 401)
-                return JSONResponse({"detail": "missing or wrong API key", "where": "Authorization header",
-                                     "fix": "send 'Authorization: Bearer <key>'"}, status_code=401,
-                                    headers={"WWW-Authenticate": "Bearer"})
-        response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.request(request.method, getattr(route, "path", "(unmatched)"), response.status_code)
-        return response
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -369,7 +374,22 @@ def create_app(engine: ServeEngine, *, api_key: str | None = None, max_body_byte
             engine.remove(task)
             return {"removed": task}
 
-    wrapped = BodyLimit(api, max_body_bytes)
+    if api_key:
+        from fastapi.openapi.utils import get_openapi
+
+        def openapi_with_bearer():
+            if api.openapi_schema is None:
+                spec = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+                spec.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+                for path, ops in spec["paths"].items():
+                    for op in ops.values():
+                        op["security"] = [] if path == "/health" else [{"bearer": []}]
+                api.openapi_schema = spec
+            return api.openapi_schema
+
+        api.openapi = openapi_with_bearer
+
+    wrapped = Guard(api, limit=max_body_bytes, api_key=api_key, metrics=metrics)
     wrapped.state = api.state  # type: ignore[attr-defined]
     wrapped.fastapi = api  # type: ignore[attr-defined]
     return wrapped
