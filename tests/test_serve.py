@@ -175,6 +175,17 @@ def test_artifacts_of_another_backbone_or_a_trained_backbone_are_refused(saved_t
         eng.add(tmp_path / "other")
     with pytest.raises(TaskConflictError, match="trains the backbone"):
         eng.add(tmp_path / "pf")
+    import shutil
+
+    shutil.copytree(artifacts["sst"], tmp_path / "deep")
+    meta = json.loads((tmp_path / "deep" / "prompt.json").read_text())
+    meta["method"]["name"] = "deep-prompt"  # a method whose prompt does not enter through the input embeddings
+    (tmp_path / "deep" / "prompt.json").write_text(json.dumps(meta))
+    with pytest.raises(TaskConflictError, match="not supported by the serving engine"):
+        eng.add(tmp_path / "deep")
+    PromptModel(Backbone.load(saved_tiny("llama")), "Review: {text} is{mask}", {"n": "bad", "p": "good"}, "zero-shot").save(tmp_path / "zs")
+    assert eng.add(tmp_path / "zs").describe()["soft_tokens"] == 0
+    eng.remove("zs")
     with pytest.raises(TaskConflictError, match="already loaded"):
         eng.add(artifacts["sst"], name="sst")
     assert list(eng.tasks) == ["sst"]

@@ -133,6 +133,11 @@ def _pad_right(t: torch.Tensor, width: int, value) -> torch.Tensor:
     return torch.cat([t, torch.full((t.shape[0], width - t.shape[1]), value, dtype=t.dtype)], dim=1)
 
 
+# Methods whose whole prompt is the input embeddings (soft rows written over placeholder tokens) and the
+# verbalizer: exactly what a mixed batch can carry per row. Another method is refused, never served wrongly.
+SERVABLE_METHODS = frozenset({"zero-shot", "soft-prompt"})
+
+
 @register_task_kind
 class ClassificationTask(ServedTask):
     """A classification artifact (template + verbalizer + frozen-backbone method) on the shared backbone."""
@@ -168,6 +173,10 @@ class ClassificationTask(ServedTask):
                                     "model and cannot share the frozen backbone", where=str(directory),
                                     fix="serve it with a separate `prompttune serve` process, or train a soft-prompt artifact")
         family = meta.get("backbone", {}).get("family")
+        if method not in SERVABLE_METHODS:
+            raise TaskConflictError(f"method {method!r} is not supported by the serving engine (it batches "
+                                    f"{', '.join(sorted(SERVABLE_METHODS))} artifacts, whose prompt enters through the input embeddings)",
+                                    where=str(directory), fix="load it with prompttune.load() and call predict, or serve it alone")
         if family == "encoder-head" or bb.family.name == "encoder-head":
             raise TaskConflictError("encoder + head artifacts carry their own trained classification head inside the backbone, "
                                     "so several cannot share one", where=str(directory),
@@ -182,6 +191,11 @@ class ClassificationTask(ServedTask):
             if "trained on" in e.what:
                 raise TaskConflictError(e.what, where=e.where, fix=e.fix) from None
             raise
+        from ..methods import Method
+
+        if type(pm.method).embed is not Method.embed:
+            raise TaskConflictError(f"method {method!r} builds its inputs in its own way, which a mixed batch cannot carry",
+                                    where=str(directory), fix="serve it alone with prompttune.load()")
         return cls(name, directory, meta, pm, engine)
 
     # ---- prompt cache --------------------------------------------------------------------------
