@@ -13,8 +13,19 @@ fill. Within a batch every row keeps its own prompt:
   and template text before the first field) is run through the backbone once per task; its keys/values are
   reused for every row, so a batch only computes the tokens after it.
 
-Task kinds are a registry (``TASK_KINDS``): a kind loads its artifacts, renders inputs into jobs, and runs a
-batch of its jobs. Classification is the kind implemented here; a generation kind plugs in beside it.
+Task kinds are a registry (``TASK_KINDS``, keyed by the artifact's ``task`` field). Classification is the kind
+implemented here; a generation kind plugs in beside it without touching the engine or the HTTP app::
+
+    @register_task_kind
+    class GenerationTask(ServedTask):
+        kind = "generation"                      # prompt.json "task"
+        operations = frozenset({"generate"})     # POST /v1/tasks/{task}/generate then routes here (501 until then)
+        @classmethod
+        def load(cls, engine, name, directory, meta): ...      # onto engine.backbone; refuse what cannot share it
+        def make_jobs(self, operation, inputs, **options): ...  # validate + render, in the caller's thread
+        @classmethod
+        def run_batch(cls, engine, jobs): ...                    # one result per job, computed together
+        def format_result(self, operation, raw): ...             # JSON-ready answer for one input
 """
 
 from __future__ import annotations
@@ -531,6 +542,7 @@ class ServeEngine:
         self._tasks: dict[str, ServedTask] = {}
         self._tasks_lock = threading.Lock()
         self._forward_lock = threading.Lock()
+        self._render_lock = threading.Lock()  # a fast tokenizer may not be entered from two threads at once
         self._queue: deque[Job] = deque()
         self._cv = threading.Condition()
         self._stop = False
@@ -601,7 +613,7 @@ class ServeEngine:
         if kcls is None:
             raise UnsupportedError(f"artifacts of kind {kind!r} cannot be served by this version (it serves: {', '.join(TASK_KINDS)})",
                                    where=str(d), implemented=False, fix="upgrade prompttune, or serve a classification artifact")
-        with self._forward_lock:  # the prefix cache runs the backbone
+        with self._forward_lock, self._render_lock:  # the prefix cache renders probes and runs the backbone
             task = kcls.load(self, name, d, meta)
         with self._tasks_lock:
             if name in self._tasks:
@@ -623,7 +635,8 @@ class ServeEngine:
         if isinstance(inputs, (str, Mapping)):
             inputs = [inputs]
         t = self.task(task)
-        payloads = t.make_jobs(operation, list(inputs), **options)
+        with self._render_lock:
+            payloads = t.make_jobs(operation, list(inputs), **options)
         fut: Future = Future()
         req = _Request(fut, len(payloads))
         if not payloads:
@@ -647,21 +660,24 @@ class ServeEngine:
 
     def predict_mixed(self, items: Iterable[tuple[str, Any]]) -> list[dict]:
         """Run (task, input) pairs now as one batch (bypassing the queue); results in order."""
-        jobs = []
-        for name, x in items:
-            t = self.task(name)
-            jobs.append(Job(t, t.make_jobs("predict", [x])[0], None, 0))  # type: ignore[arg-type]
+        jobs = self._direct_jobs(items)
         with self._forward_lock:
             out = self._run_kinds(jobs)
         return [j.task.format_result("predict", r) for j, r in zip(jobs, out)]
 
     def log_probs_mixed(self, items: Iterable[tuple[str, Any]]) -> list[torch.Tensor]:
-        jobs = []
-        for name, x in items:
-            t = self.task(name)
-            jobs.append(Job(t, t.make_jobs("predict", [x])[0], None, 0))  # type: ignore[arg-type]
+        """Class log-probabilities of (task, input) pairs, run now as one batch."""
+        jobs = self._direct_jobs(items)
         with self._forward_lock:
             return self._run_kinds(jobs)
+
+    def _direct_jobs(self, items) -> list[Job]:
+        jobs = []
+        with self._render_lock:
+            for name, x in items:
+                t = self.task(name)
+                jobs.append(Job(t, t.make_jobs("predict", [x])[0], None, 0))  # type: ignore[arg-type]
+        return jobs
 
     def queue_depth(self) -> int:
         with self._cv:
