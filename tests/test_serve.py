@@ -430,3 +430,29 @@ def test_prompttune_serve_command_wires_the_options_into_the_engine_and_app(arti
     assert (seen["host"], seen["port"], eng.max_batch, eng.max_wait, eng.prefix_cache) == ("127.0.0.1", 9123, 4, 0.007, False)
     assert seen["unauth"] == 401 and seen["tasks"] == ["nli", "sst"] and seen["too_many"] == 413 and seen["ok"] == 200
     assert "serving 2 task(s)" in res.output and "2 inputs in 1 batches" in res.output
+
+
+def test_python_callers_on_several_threads_get_their_own_answers(saved_tiny, artifacts):
+    eng = _engine(saved_tiny("llama"), artifacts, max_batch=8, max_wait_ms=2)
+    items = _inputs(6, seed=31)
+    ref = _reference(artifacts, items)
+    got: dict[int, torch.Tensor] = {}
+    errors = []
+
+    def caller(k: int):
+        try:
+            for i in range(k, len(items), 8):
+                task, x = items[i]
+                got[i] = eng.submit(task, [x]).result(60)[0]
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    eng.close()
+    assert not errors and sorted(got) == list(range(len(items)))
+    _assert_matches(items, [got[i] for i in range(len(items))], ref)
+    assert eng.stats.snapshot()["batch_inputs"] == len(items)
