@@ -290,6 +290,8 @@ def test_full_queue_answers_503_with_retry_after(saved_tiny, artifacts):
         eng.submit("sst", ["a", "b"])
         r = c.post("/v1/tasks/sst/predict", json={"inputs": ["c", "d"]})
         assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1 and "queue is full" in r.json()["detail"]
+        mixed = c.post("/v1/predict", json={"requests": [{"task": "sst", "input": "e"}, {"task": "sst", "input": "f"}]})
+        assert mixed.status_code == 503 and eng.queue_depth() == 2  # all or nothing: no half-queued request
         assert c.get("/health").status_code == 200
         eng.start()
         assert c.post("/v1/tasks/sst/predict", json={"input": "c"}).status_code == 200

@@ -339,7 +339,7 @@ def create_app(engine: ServeEngine, *, api_key: str | None = None, max_body_byte
     async def predict_mixed(body: MixedRequest) -> MixedResponse:
         check_count(len(body.requests))
         tasks = {r.task: engine.task(r.task) for r in body.requests}
-        futs = [engine.submit(r.task, [r.input]) for r in body.requests]  # queued together: they share batches
+        futs = engine.submit_many([(r.task, [r.input]) for r in body.requests])  # queued together: they share batches
         start = time.perf_counter()
         try:
             raws = await asyncio.wait_for(asyncio.gather(*(asyncio.wrap_future(f) for f in futs)), request_timeout_s)

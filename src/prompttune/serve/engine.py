@@ -634,24 +634,34 @@ class ServeEngine:
         classification). Bad input raises here; a full queue raises OverloadedError."""
         if isinstance(inputs, (str, Mapping)):
             inputs = [inputs]
-        t = self.task(task)
+        return self.submit_many([(task, list(inputs))], operation=operation, **options)[0]
+
+    def submit_many(self, requests: Sequence[tuple[str, Sequence[Any]]], *, operation: str = "predict", **options) -> list[Future]:
+        """Queue several (task, inputs) requests at once: all are accepted or none (a full queue, a bad input)."""
+        prepared = []
         with self._render_lock:
-            payloads = t.make_jobs(operation, list(inputs), **options)
-        fut: Future = Future()
-        req = _Request(fut, len(payloads))
-        if not payloads:
-            fut.set_result([])
-            return fut
+            for task, inputs in requests:
+                t = self.task(task)
+                prepared.append((t, t.make_jobs(operation, list(inputs), **options)))
+        futures = []
         with self._cv:
             if self._stop:
                 raise OverloadedError("the engine is shut down", retry_after=5.0, fix="retry against a running server")
-            if len(self._queue) + len(payloads) > self.max_queue:
-                raise OverloadedError(f"the queue is full ({len(self._queue)} inputs waiting, limit {self.max_queue})",
+            n = sum(len(p) for _, p in prepared)
+            if len(self._queue) + n > self.max_queue:
+                raise OverloadedError(f"the queue is full ({len(self._queue)} inputs waiting, {n} more asked, limit {self.max_queue})",
                                       retry_after=max(1.0, self.max_wait * 2), fix="retry after the Retry-After delay")
-            for i, p in enumerate(payloads):
-                self._queue.append(Job(t, p, req, i))
+            for t, payloads in prepared:
+                fut: Future = Future()
+                futures.append(fut)
+                if not payloads:
+                    fut.set_result([])
+                    continue
+                req = _Request(fut, len(payloads))
+                for i, p in enumerate(payloads):
+                    self._queue.append(Job(t, p, req, i))
             self._cv.notify()
-        return fut
+        return futures
 
     def predict(self, task: str, inputs, *, timeout: float | None = None) -> list[dict]:
         """Labels with per-class probabilities, as PromptModel.predict returns them."""
