@@ -267,6 +267,36 @@ def search(config: Optional[Path] = typer.Argument(None, help="YAML config whose
         console.print(table)
 
 
+@app.command()
+def serve(directories: List[Path] = typer.Argument(..., help="artifact directories, all trained on the same backbone"),
+          host: str = typer.Option("127.0.0.1", "--host", help="address to bind (default: this machine only)"),
+          port: int = typer.Option(8000, "--port", help="TCP port"),
+          api_key: Optional[str] = typer.Option(None, "--api-key", envvar="PROMPTTUNE_API_KEY",
+                                                help="require 'Authorization: Bearer KEY' on every route but /health"),
+          max_batch: int = typer.Option(32, "--max-batch", help="most inputs in one forward pass"),
+          max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="longest wait for a batch to fill (ms)"),
+          max_queue: int = typer.Option(1024, "--max-queue", help="inputs waiting at most; beyond it requests get 503 + Retry-After"),
+          max_inputs: int = typer.Option(256, "--max-inputs", help="most inputs in one request (413 beyond)"),
+          max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", help="largest request body (413 beyond)"),
+          no_prefix_cache: bool = typer.Option(False, "--no-prefix-cache", help="recompute the prompt prefix for every request"),
+          no_admin: bool = typer.Option(False, "--no-admin", help="disable adding / removing artifacts over HTTP")) -> None:
+    """Serve many tuned prompts on one frozen backbone over HTTP (needs the serve extra: fastapi, uvicorn)."""
+    from .serve.engine import ServeEngine
+
+    try:
+        from .serve.app import serve as run_server
+    except ImportError:
+        raise PromptTuneError("the HTTP server needs FastAPI and uvicorn", where="prompttune serve",
+                              fix="pip install 'prompttune[serve]'") from None
+    engine = ServeEngine.from_artifacts(directories, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                                        prefix_cache=not no_prefix_cache)
+    for name, t in engine.tasks.items():
+        _say(f"task {name}: {t.kind}, labels {getattr(t, 'labels', [])}, cached prompt prefix {t.describe().get('cached_prefix_tokens', 0)} tokens")
+    _say(f"serving {len(engine.tasks)} task(s) on {engine.backbone.name} at http://{host}:{port} (docs at /docs)")
+    run_server(engine, host=host, port=port, api_key=api_key, max_inputs=max_inputs, max_body_bytes=max_body_bytes,
+               allow_admin=not no_admin, on_shutdown=lambda: _say(engine.stats.summary()))
+
+
 @app.command("list")
 def list_() -> None:
     """List the built-in models, corpora and methods."""

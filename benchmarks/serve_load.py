@@ -1,0 +1,297 @@
+"""Load test of `prompttune serve`: mixed traffic over 4 tasks against a server on 127.0.0.1.
+
+Four servers are started in turn (uvicorn, in this process, on a free port) with the same four soft-prompt
+tasks on the same backbone, and the same request stream (one input per request, tasks interleaved, sent by
+``--concurrency`` client threads over HTTP) is replayed against each:
+
+  - engine:          ServeEngine, requests of all tasks batched together (--max-batch, --max-wait-ms), prompt cache on
+  - engine-no-cache: the same without the per-task prompt cache
+  - one-at-a-time:   ServeEngine with max_batch 1 and no cache (each request is its own forward pass)
+  - peft-switching:  PEFT's way: one PeftModel holding a prompt-tuning adapter per task; each request takes a lock,
+                     calls set_adapter(task) and runs alone (PEFT's prompt methods cannot mix adapters in a batch)
+
+All four answer the same route (POST /v1/tasks/{task}/predict). The PEFT adapters hold the very same soft rows
+as the artifacts (prefix placement, 8 tokens), so the answers are compared too. Bounded: --requests per
+server and --time-limit seconds per server. SmolLM2 runs must hold the heavy-run lock:
+
+    flock /tmp/prompttune-heavy.lock .venv/bin/python benchmarks/serve_load.py --requests 192 \\
+        --json benchmarks/results/serve_load.json --md benchmarks/results/serve_load.md
+    .venv/bin/python benchmarks/serve_load.py --tiny --requests 128        # a random 2-layer model, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+# The engine hands each batch from the HTTP threads to its worker thread; OpenMP workers that spin after every
+# parallel region hold the (2) cores and delay that hand-off by ~20 ms. Must be set before torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
+
+
+class OneInput(BaseModel):  # the PEFT server's request body (module level: FastAPI resolves the annotation by name)
+    input: str
+
+TASKS = {  # name -> (template, verbalizer, corpus, field of the corpus row)
+    "sentiment": ("Review: {text}\nSentiment: {mask}", {"negative": "negative", "positive": "positive"}, "movie-reviews", "text"),
+    "topic": ("Headline: {text}\nTopic: {mask}", {"business": "business", "entertainment": "entertainment", "politics": "politics",
+                                                    "sport": "sport", "tech": "tech"}, "bbc-news", "headline"),
+    "yesno": ("Text: {text}\nQuestion: is the writer pleased? Answer: {mask}", {"no": "No", "yes": "Yes"}, "movie-reviews", "text"),
+    "quality": ("Snippet: {text}\nThe writing is {mask}", {"bad": "bad", "good": "good"}, "movie-reviews", "text"),
+}
+NUM_TOKENS = 8
+
+
+def _backbone(args):
+    from prompttune.backbone import Backbone
+
+    if not args.tiny:
+        return Backbone.load(args.model)
+    import transformers
+
+    from prompttune.backbone import _dequantised_copy, resolve
+
+    path, gguf, _ = resolve("smollm2-135m")
+    tok = transformers.AutoTokenizer.from_pretrained(str(_dequantised_copy(path, gguf, torch.float32)))
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                   pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
+    return Backbone(transformers.LlamaForCausalLM(cfg).eval(), tok, family="causal-lm", name="tiny-llama-smollm2-vocab")
+
+
+def _texts(n: int, seed: int) -> list[tuple[str, str]]:
+    """(task, text) pairs, tasks interleaved, texts from the built-in corpora (cut to 300 characters)."""
+    from prompttune.data import load_builtin
+
+    rng = random.Random(seed)
+    pools = {}
+    for name, (_, _, corpus, fld) in TASKS.items():
+        rows = load_builtin(corpus, "test")
+        pools[name] = [r[fld][:300] for r in rows]
+    names = list(TASKS)
+    return [(names[i % len(names)], rng.choice(pools[names[i % len(names)]])) for i in range(n)]
+
+
+def _artifacts(bb, out: Path) -> dict[str, Path]:
+    from prompttune.model import PromptModel
+
+    dirs = {}
+    for seed, (name, (tpl, verb, _, _)) in enumerate(TASKS.items()):
+        pm = PromptModel(bb, tpl, verb, "soft-prompt", method_options={"placement": "prefix", "num_tokens": NUM_TOKENS}, seed=seed)
+        with torch.no_grad():  # distinct tables per task, as trained prompts would be (quality is not measured here)
+            w = pm.method.soft.weight
+            w.add_(0.1 * w.std() * torch.randn(w.shape, generator=torch.Generator().manual_seed(seed)))
+        dirs[name] = pm.save(out / name)
+    return dirs
+
+
+def _peft_app(bb_peft, arts: dict[str, Path]):
+    """A server doing what PEFT allows: one adapter active at a time, switched per request."""
+    from fastapi import FastAPI
+    from peft import PromptTuningConfig, get_peft_model
+    from safetensors.torch import load_file
+
+    from prompttune.artifact import read_meta
+    from prompttune.template import Renderer, Template
+
+    model = None
+    tasks = {}
+    for name, d in arts.items():
+        meta = read_meta(d)
+        cfg = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=NUM_TOKENS)
+        if model is None:
+            model = get_peft_model(bb_peft.model, cfg, adapter_name=name)
+        else:
+            model.add_adapter(name, cfg)
+        table = load_file(str(d / "prompt.safetensors"))["soft.weight"]
+        with torch.no_grad():
+            model.prompt_encoder[name].embedding.weight.copy_(table)
+        head = "{soft*%d}" % NUM_TOKENS
+        assert meta["template"].startswith(head), meta["template"]
+        tpl = Template(meta["template"][len(head):])  # PEFT puts the virtual tokens in front itself
+        renderer = Renderer(tpl, bb_peft.tokenizer, max_length=256, placeholder_id=bb_peft.family.pad_id)
+        words = [bb_peft.tokenizer(" " + w[0], add_special_tokens=False)["input_ids"][0] for w in meta["verbalizer"]["words"].values()]
+        tasks[name] = (renderer, words, list(meta["verbalizer"]["words"]))
+    model.eval()
+    lock = threading.Lock()
+    api = FastAPI()
+
+    @api.post("/v1/tasks/{task}/predict")
+    def predict(task: str, body: OneInput) -> dict:
+        renderer, words, labels = tasks[task]
+        r = renderer.render({"text": body.input})
+        ids = torch.tensor([r.ids[: r.mask]])
+        with lock, torch.inference_mode():
+            model.set_adapter(task)
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1, words]
+        p = logits.float().log_softmax(-1).exp()
+        return {"task": task, "predictions": [{"label": labels[int(p.argmax())], "probabilities": dict(zip(labels, p.tolist()))}]}
+
+    return api
+
+
+def _run_server(app):
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    deadline = time.time() + 60
+    while not server.started and time.time() < deadline:
+        time.sleep(0.02)
+    return server, th, server.servers[0].sockets[0].getsockname()[1]
+
+
+def _load(port: int, stream, concurrency: int, time_limit: float) -> dict:
+    import httpx
+
+    lat: list[float] = [None] * len(stream)  # type: ignore[list-item]
+    answers: list = [None] * len(stream)
+    errors: list[str] = []
+    nxt = iter(range(len(stream)))
+    lock = threading.Lock()
+    t0 = time.perf_counter()
+
+    def worker():
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as c:
+            while time.perf_counter() - t0 < time_limit:
+                with lock:
+                    i = next(nxt, None)
+                if i is None:
+                    return
+                task, text = stream[i]
+                s = time.perf_counter()
+                r = c.post(f"/v1/tasks/{task}/predict", json={"input": text})
+                if r.status_code == 200:
+                    lat[i] = time.perf_counter() - s  # only answered requests count
+                    answers[i] = r.json()["predictions"][0]
+                else:
+                    errors.append(f"{r.status_code} {r.text[:200]}")
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    done = [x for x in lat if x is not None]
+    if not done:
+        raise SystemExit(f"no request was answered; first error: {errors[0] if errors else 'none (time limit)'}")
+    qs = statistics.quantiles(done, n=100) if len(done) >= 2 else [done[0]] * 99
+    return {"completed": len(done), "errors": len(errors), "first_error": errors[0] if errors else None, "seconds": wall,
+            "requests_per_second": len(done) / wall, "p50_ms": 1000 * statistics.median(done), "p99_ms": 1000 * qs[98],
+            "mean_ms": 1000 * statistics.fmean(done), "_answers": answers}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--tiny", action="store_true", help="a random 2-layer Llama with SmolLM2's vocabulary (smoke test)")
+    ap.add_argument("--requests", type=int, default=192, help="requests per server")
+    ap.add_argument("--concurrency", type=int, default=16, help="client threads")
+    ap.add_argument("--time-limit", type=float, default=180.0, help="seconds per server at most")
+    ap.add_argument("--max-batch", type=int, default=32)
+    ap.add_argument("--max-wait-ms", type=float, default=5.0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--md", default=None)
+    args = ap.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import copy
+
+    from prompttune.serve import ServeEngine
+    from prompttune.serve.app import create_app
+
+    bb = _backbone(args)
+    stream = _texts(args.requests, args.seed)
+    tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
+    arts = _artifacts(bb, tmp)
+    modes = {
+        "engine": dict(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, prefix_cache=True),
+        "engine-no-cache": dict(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, prefix_cache=False),
+        "one-at-a-time": dict(max_batch=1, max_wait_ms=0, prefix_cache=False),
+    }
+    results: dict[str, dict] = {}
+    for mode, kw in list(modes.items()) + [("peft-switching", None)]:
+        engine = None
+        if kw is None:
+            peft_bb = copy.deepcopy(bb)
+            app = _peft_app(peft_bb, arts)
+        else:
+            engine = ServeEngine(bb, max_queue=max(1024, args.requests), **kw)
+            for name, d in arts.items():
+                engine.add(d, name=name)
+            app = create_app(engine, max_inputs=args.requests)
+        server, th, port = _run_server(app)
+        _load(port, stream[: min(16, len(stream))], min(4, args.concurrency), 60)  # warm-up (not counted)
+        if engine is not None:
+            engine.stats.__init__()
+        res = _load(port, stream, args.concurrency, args.time_limit)
+        server.should_exit = True
+        th.join(30)
+        if engine is not None:
+            s = engine.stats.snapshot()
+            res["mean_batch"] = s["batch_inputs"] / max(s["batches"], 1)
+            res["forward_passes"] = s["forwards"]
+            total = s["tokens_computed"] + s["prefix_tokens_reused"]
+            res["prefix_tokens_reused_share"] = s["prefix_tokens_reused"] / total if total else 0.0
+            res["tokens_computed"] = s["tokens_computed"]
+            engine.close()
+        results[mode] = res
+        print(f"{mode:>16}: {res['completed']} requests in {res['seconds']:.1f} s, {res['requests_per_second']:.1f} req/s, "
+              f"p50 {res['p50_ms']:.0f} ms, p99 {res['p99_ms']:.0f} ms" + (f", mean batch {res['mean_batch']:.1f}" if "mean_batch" in res else ""),
+              flush=True)
+
+    ref = results["one-at-a-time"]["_answers"]
+    for mode, res in results.items():
+        pairs = [(a, b) for a, b in zip(res.pop("_answers"), ref) if a is not None and b is not None]
+        res["same_label_as_one_at_a_time"] = sum(a["label"] == b["label"] for a, b in pairs) / max(len(pairs), 1)
+        res["max_probability_difference"] = max((abs(a["probabilities"][k] - b["probabilities"][k]) for a, b in pairs for k in a["probabilities"]), default=0.0)
+    e, one, peft = results["engine"], results["one-at-a-time"], results["peft-switching"]
+    ratios = {
+        "throughput_engine_vs_one_at_a_time": e["requests_per_second"] / one["requests_per_second"],
+        "throughput_engine_vs_peft_switching": e["requests_per_second"] / peft["requests_per_second"],
+        "throughput_engine_vs_engine_no_cache": e["requests_per_second"] / results["engine-no-cache"]["requests_per_second"],
+        "p50_one_at_a_time_over_engine": one["p50_ms"] / e["p50_ms"],
+        "p99_one_at_a_time_over_engine": one["p99_ms"] / e["p99_ms"],
+        "p50_peft_switching_over_engine": peft["p50_ms"] / e["p50_ms"],
+        "p99_peft_switching_over_engine": peft["p99_ms"] / e["p99_ms"],
+    }
+    record = {"model": bb.name, "tasks": list(TASKS), "soft_tokens": NUM_TOKENS, "requests": args.requests,
+              "concurrency": args.concurrency, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
+              "torch_threads": torch.get_num_threads(),
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "results": results, "ratios": ratios}
+    print(json.dumps(ratios, indent=2))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+    if args.md:
+        lines = [f"# Serving load test: {bb.name}, 4 tasks, {args.requests} requests, {args.concurrency} clients", "",
+                 f"Server on 127.0.0.1, one input per request, tasks interleaved; max batch {args.max_batch}, max wait {args.max_wait_ms} ms; "
+                 f"{torch.get_num_threads()} torch threads. `benchmarks/serve_load.py`.", "",
+                 "| server | req/s | p50 ms | p99 ms | mean batch | prompt tokens reused | same label as one-at-a-time |",
+                 "|---|---|---|---|---|---|---|"]
+        for mode, r in results.items():
+            lines.append(f"| {mode} | {r['requests_per_second']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+                         f"{r.get('mean_batch', 1.0):.1f} | {100 * r.get('prefix_tokens_reused_share', 0.0):.0f}% | "
+                         f"{100 * r['same_label_as_one_at_a_time']:.1f}% |")
+        lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in ratios.items()]
+        Path(args.md).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
