@@ -106,3 +106,26 @@ def toy_rows(n: int, seed: int = 0) -> list[dict]:
         words.insert(rng.randint(0, len(words)), rng.choice(pos if label == "positive" else neg))
         rows.append({"text": " ".join(words), "label": label})
     return rows
+
+
+def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """Run the ``prompttune`` command line in this process: (exit code, stdout, stderr)."""
+    import sys
+
+    from prompttune.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["prompttune", *map(str, args)])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def cli_ok(monkeypatch, capsys, *args) -> str:
+    """Run the command line, require exit code 0, return stdout."""
+    code, out, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 0, err
+    return out

@@ -9,19 +9,11 @@ import sys
 
 import pytest
 
-from conftest import toy_rows
+from conftest import run_cli, toy_rows
 from prompttune.cli import main
 
 
-def run(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["prompttune", *map(str, args)])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
+run = run_cli
 
 
 def _csv(path, rows):

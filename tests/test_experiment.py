@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 
 import pytest
 import yaml
 
-from conftest import toy_rows
+from conftest import cli_ok, run_cli, toy_rows
 from prompttune.errors import ConfigError
 from prompttune.experiment import CELL_JSON, expand, read_grid, run_grid
 
@@ -158,28 +157,19 @@ def test_bad_grids_fail_before_anything_runs(grid_raw, edit, needle):
 
 
 def test_cli_experiment_dry_run_and_run(grid_raw, tmp_path, monkeypatch, capsys):
-    from prompttune.cli import main
-
     grid_raw["grid"] = {"methods": ["zero-shot"], "shots": [2], "seeds": [0]}
     (tmp_path / "g.yaml").write_text(yaml.safe_dump(grid_raw))
 
     def cli(*args):
-        monkeypatch.setattr(sys, "argv", ["prompttune", *map(str, args)])
-        try:
-            main()
-        except SystemExit as e:
-            assert not e.code, capsys.readouterr().err
-        return capsys.readouterr().out
+        return cli_ok(monkeypatch, capsys, *args)
 
     assert cli("experiment", tmp_path / "g.yaml", "--dry-run").startswith("todo  ")
     res = json.loads(cli("experiment", tmp_path / "g.yaml", "--json"))
     assert res["cells"] == 1 and res["table"][0]["method"] == "zero-shot"
     assert cli("experiment", tmp_path / "g.yaml", "--dry-run").startswith("done  ")
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**grid_raw, "grid": {"methods": [], "shots": [1], "seeds": [0]}}))
-    monkeypatch.setattr(sys, "argv", ["prompttune", "experiment", str(tmp_path / "bad.yaml")])
-    with pytest.raises(SystemExit) as e:
-        main()
-    assert e.value.code == 2 and "grid.methods is empty" in capsys.readouterr().err
+    code, _, err = run_cli(monkeypatch, capsys, "experiment", tmp_path / "bad.yaml")
+    assert code == 2 and "grid.methods is empty" in err
 
 
 def test_example_grid_is_valid():

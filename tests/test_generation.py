@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_backbone
+from conftest import run_cli, tiny_backbone
 from prompttune.errors import ConfigError, TemplateError
 from prompttune.generation import GenerationModel, cut_at_stop, method_inputs
 from prompttune.metrics import RougeTokenizer, generation_metrics
@@ -268,17 +267,8 @@ def _jsonl(path, rows):
 def test_cli_train_eval_predict_generation(tmp_path, saved_tiny, monkeypatch, capsys):
     import yaml
 
-    from prompttune.cli import main
-
     def run(*args):
-        monkeypatch.setattr(sys, "argv", ["prompttune", *map(str, args)])
-        code = 0
-        try:
-            main()
-        except SystemExit as e:
-            code = e.code or 0
-        out = capsys.readouterr()
-        return code, out.out, out.err
+        return run_cli(monkeypatch, capsys, *args)
 
     pairs = [{"english": r["src"], "german": r["tgt"]} for r in copy_rows(40, 3)]
     _jsonl(tmp_path / "train.jsonl", pairs[:30])

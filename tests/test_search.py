@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
 
-from conftest import tiny_backbone, toy_rows
+from conftest import cli_ok, tiny_backbone, toy_rows
 from prompttune import search as S
 from prompttune.model import PromptModel
 from prompttune.template import Template
@@ -116,7 +115,6 @@ def test_search_refuses_soft_templates_and_head_models(llama):
 
 
 def test_search_command_prints_a_table_and_writes_a_ready_config(monkeypatch, capsys, tmp_path, saved_tiny):
-    from prompttune.cli import main
     from prompttune.config import load_config
 
     for name, seed in (("train", 1), ("dev", 2)):
@@ -132,18 +130,13 @@ def test_search_command_prints_a_table_and_writes_a_ready_config(monkeypatch, ca
     best = tmp_path / "best.yaml"
 
     def run(*args):
-        monkeypatch.setattr(sys, "argv", ["prompttune", *map(str, args)])
-        try:
-            main()
-        except SystemExit as e:
-            assert not e.code, capsys.readouterr().err
-        return capsys.readouterr()
+        return cli_ok(monkeypatch, capsys, *args)
 
     out = run("search", tmp_path / "run.yaml", "--what", "both", "--per-class", "3", "--generate", "1", "--output", best)
-    assert "verbalizer candidates" in out.out and "template candidates" in out.out and "dev acc" in out.out
+    assert "verbalizer candidates" in out and "template candidates" in out and "dev acc" in out
     written = load_config(best)
     assert written.method.name == "soft-prompt" and written.method.options() == {"num_tokens": 4}  # the user's method is kept
-    js = json.loads(run("search", tmp_path / "run.yaml", "--what", "both", "--per-class", "3", "--generate", "1", "--json").out)
+    js = json.loads(run("search", tmp_path / "run.yaml", "--what", "both", "--per-class", "3", "--generate", "1", "--json"))
     assert any(c["kind"] == "generated" for c in js["template"])
     assert written.prompt.template == js["template"][0]["template"]
     words = js["template"][0]["verbalizer"]
