@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field as PField
 from torch import nn
 
 from .errors import ConfigError, TemplateError
+from .model import Tunable
 from .template import Renderer, Template, Text, _segment_text
 
 GENERATION_FAMILIES = ("causal-lm", "seq2seq")
@@ -136,7 +137,7 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> str:
     return text[:end]
 
 
-class GenerationModel(nn.Module):
+class GenerationModel(Tunable, nn.Module):
     """Backbone + source template + target field + method. ``forward(batch)`` is the teacher-forced loss."""
 
     task = "generation"
@@ -374,15 +375,6 @@ class GenerationModel(nn.Module):
     def training_task(self) -> "GenerationTask":
         return GenerationTask(self)
 
-    def fit(self, train_rows, dev_rows=None, **train_options):
-        from .train import TrainConfig, train
-
-        return train(self, train_rows, dev_rows, TrainConfig(**train_options))
-
-    def num_trainable_parameters(self) -> int:
-        if not self.method.trainable:
-            return 0
-        return sum(p.numel() for p in self.method.trainable_parameters(self.backbone))
 
     def artifact_meta(self) -> dict:
         return {"task": self.task, "target": self.target, "max_target_length": self.max_target_length,

@@ -27,7 +27,21 @@ from .template import Renderer, Template, tail_is_empty
 from .verbalizer import CONTENT_FREE_INPUTS, Verbalizer
 
 
-class PromptModel(nn.Module):
+class Tunable:
+    """What every prompt model (classification, generation) shares: training through the one trainer."""
+
+    def fit(self, train_rows, dev_rows=None, **train_options):
+        from .train import TrainConfig, train
+
+        return train(self, train_rows, dev_rows, TrainConfig(**train_options))
+
+    def num_trainable_parameters(self) -> int:
+        if not self.method.trainable:
+            return 0
+        return sum(p.numel() for p in self.method.trainable_parameters(self.backbone))
+
+
+class PromptModel(Tunable, nn.Module):
     """Backbone + template + verbalizer + method. ``forward(rows)`` gives (B, C) class log-probabilities."""
 
     def __init__(self, backbone: Backbone, template: Template | str, verbalizer: Verbalizer | Mapping | Sequence,
@@ -193,15 +207,6 @@ class PromptModel(nn.Module):
         return m
 
     # ---- training, saving ------------------------------------------------------------------
-    def fit(self, train_rows, dev_rows=None, **train_options):
-        from .train import TrainConfig, train
-
-        return train(self, train_rows, dev_rows, TrainConfig(**train_options))
-
-    def num_trainable_parameters(self) -> int:
-        if not self.method.trainable:
-            return 0
-        return sum(p.numel() for p in self.method.trainable_parameters(self.backbone))
 
     def save(self, directory, **extra) -> "object":
         from .artifact import save
