@@ -71,9 +71,9 @@ def main() -> None:
                 continue
             cfg = demo_config(Path(args.artifacts) / out.name / f"{method}-seed{seed}", test_size=args.test_size, seed=seed)
             ov = [f"model.name={args.model}", f"method.name={method}", *args.overrides]
-            if args.template:
-                ov.append(f"prompt.template={args.template}")
             cfg = with_overrides(cfg, ov)
+            if args.template:  # set directly: an override's value is read as YAML, and "a: {b}" is a mapping there
+                cfg = cfg.model_copy(update={"prompt": cfg.prompt.model_copy(update={"template": args.template})})
             train, dev, test = load_splits(cfg)
             pm = build_model(cfg)
             t = time.perf_counter()
