@@ -108,6 +108,17 @@ def toy_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def write_csv(path, rows) -> str:
+    """Rows with text and label columns as a CSV file; returns its path."""
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["text", "label"])
+        w.writeheader()
+        w.writerows(rows)
+    return str(path)
+
+
 def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
     """Run the ``prompttune`` command line in this process: (exit code, stdout, stderr)."""
     import sys

@@ -3,7 +3,6 @@ same global batch, and only rank 0 writes. FSDP / DeepSpeed smoke tests where th
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import toy_rows
+from conftest import toy_rows, write_csv
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
@@ -23,20 +22,12 @@ ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent)) o
 TOLERANCE = 1e-5
 
 
-def _csv(path, rows):
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["text", "label"])
-        w.writeheader()
-        w.writerows(rows)
-    return str(path)
-
-
 @pytest.fixture
 def run_config(tmp_path, saved_tiny):
     cfg = {"model": {"name": saved_tiny("llama")},
            "prompt": {"template": "Review: {text} Sentiment: {mask}", "verbalizer": {"negative": "bad", "positive": "good"}},
            "method": {"name": "soft-prompt", "num_tokens": 4},
-           "data": {"train": _csv(tmp_path / "train.csv", toy_rows(120, seed=1)), "test": _csv(tmp_path / "test.csv", toy_rows(40, seed=2)),
+           "data": {"train": write_csv(tmp_path / "train.csv", toy_rows(120, seed=1)), "test": write_csv(tmp_path / "test.csv", toy_rows(40, seed=2)),
                     "shots_per_class": 16},
            "train": {"max_steps": 10, "lr": 0.05, "eval_every": 5, "progress": False},
            "output": str(tmp_path / "unused")}

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 import pytest
 import yaml
 
-from conftest import cli_ok, run_cli, toy_rows
+from conftest import cli_ok, run_cli, toy_rows, write_csv
 from prompttune.errors import ConfigError
 from prompttune.experiment import CELL_JSON, expand, read_grid, run_grid
-
-
-def _csv(path, rows):
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["text", "label"])
-        w.writeheader()
-        w.writerows(rows)
-    return str(path)
 
 
 @pytest.fixture
@@ -26,7 +17,7 @@ def grid_raw(tmp_path, saved_tiny):
     return {
         "model": {"name": saved_tiny("llama")},
         "prompt": {"template": "Review: {text} Sentiment: {mask}", "verbalizer": {"negative": "bad", "positive": "good"}},
-        "data": {"train": _csv(tmp_path / "train.csv", toy_rows(80, seed=1)), "test": _csv(tmp_path / "test.csv", toy_rows(20, seed=2))},
+        "data": {"train": write_csv(tmp_path / "train.csv", toy_rows(80, seed=1)), "test": write_csv(tmp_path / "test.csv", toy_rows(20, seed=2))},
         "train": {"max_steps": 3, "eval_every": 3, "lr": 0.05, "progress": False},
         "output": str(tmp_path / "exp"),
         "grid": {"methods": ["zero-shot", {"name": "soft-prompt", "num_tokens": 2},

@@ -130,14 +130,12 @@ def read_meta(directory) -> dict:
 def load(directory, *, backbone=None):
     """Load an artifact. ``backbone``: a Backbone already in memory (e.g. shared by a server); by default the
     one named in prompt.json is loaded. A backbone whose fingerprint differs is refused."""
-    from .backbone import Backbone
     from .methods import make_method
     from .model import PromptModel
     from .verbalizer import Verbalizer
 
     d = Path(directory)
     meta = read_meta(d)
-    bmeta = meta["backbone"]
     method_cfg = dict(meta["method"])
     name = method_cfg.pop("name")
     if meta.get("task", "classification") == "generation":

@@ -364,7 +364,7 @@ def _shape(raw: Mapping[str, str], mapping: Mapping[str, str], label_column: str
     elif require_label:
         what = "empty" if label is not None else "missing"
         raise DataError(f"the label (column {label_column!r}) is {what}", where=where,
-                        fix=f"give every row a label, set label_column to the column that holds it, "
+                        fix="give every row a label, set label_column to the column that holds it, "
                             "or read the file with require_label=False")
     return out
 

@@ -28,10 +28,9 @@ the model (``inputs_embeds``, ``attention_mask`` widened over the prefix, ``past
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
-from typing import Literal, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -344,15 +343,6 @@ class GenerationModel(Tunable, nn.Module):
         bar.close()
         self.train(was)
         return out, n_tokens, time.perf_counter() - start
-
-    def _as_row(self, x) -> dict:
-        if isinstance(x, Mapping):
-            return dict(x)
-        fields = self.template.fields
-        if len(fields) != 1:
-            raise ConfigError(f"this template has fields {fields}; a bare string fills only a one-field template",
-                              where="predict input", fix="pass a JSON object with one key per field")
-        return {fields[0]: str(x)}
 
     def evaluate(self, rows: Sequence[Mapping[str, str]], *, progress: bool = False, with_loss: bool = True, **options) -> dict:
         """Generate for ``rows`` and score against their targets: ROUGE-1/2/L, BLEU, chrF, tokens/s (and the loss)."""

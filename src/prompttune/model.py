@@ -40,6 +40,16 @@ class Tunable:
             return 0
         return sum(p.numel() for p in self.method.trainable_parameters(self.backbone))
 
+    def _as_row(self, x) -> dict:
+        """An input as a template row: a plain string fills a one-field template."""
+        if isinstance(x, Mapping):
+            return dict(x)
+        fields = self.template.fields
+        if len(fields) != 1:
+            raise ConfigError(f"this template has fields {fields}; a bare string fills only a one-field template",
+                              where="predict input", fix="pass a JSON object with one key per field")
+        return {fields[0]: str(x)}
+
 
 class PromptModel(Tunable, nn.Module):
     """Backbone + template + verbalizer + method. ``forward(rows)`` gives (B, C) class log-probabilities."""
@@ -172,15 +182,6 @@ class PromptModel(Tunable, nn.Module):
         probs = self.predict_log_probs(rows, batch_size=batch_size).exp()
         return [{"label": self.labels[int(p.argmax())], "probabilities": {l: round(float(v), 6) for l, v in zip(self.labels, p)}}
                 for p in probs]
-
-    def _as_row(self, x) -> dict:
-        if isinstance(x, Mapping):
-            return dict(x)
-        fields = self.template.fields
-        if len(fields) != 1:
-            raise ConfigError(f"this template has fields {fields}; a bare string fills only a one-field template",
-                              where="predict input", fix="pass a JSON object with one key per field")
-        return {fields[0]: str(x)}
 
     def calibrate(self) -> list[float]:
         """Contextual calibration: score content-free inputs ("N/A", "", "[MASK]") and store the bias."""

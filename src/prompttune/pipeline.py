@@ -69,6 +69,19 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _fit(model, cfg: RunConfig, train, dev, out: Path, *, progress: bool, log, main: bool):
+    """Train as configured (None for methods with nothing to train); the resumable checkpoint is removed once done."""
+    if not model.method.trainable:
+        return None
+    ckpt = cfg.train.checkpoint_dir or (str(out) if not model.method.trains_backbone else None)
+    tc = cfg.train.model_copy(update={"progress": progress and cfg.train.progress, "checkpoint_dir": ckpt})
+    result = model.fit(train, dev, **tc.model_dump())
+    if main and not cfg.train.stop_after and tc.checkpoint_dir:  # finished: the checkpoint has served its purpose
+        shutil.rmtree(Path(tc.checkpoint_dir) / "checkpoint", ignore_errors=True)
+    log(f"trained {result.steps} steps in {result.seconds:.1f}s; best dev {result.best_dev} at step {result.best_step}")
+    return result
+
+
 def run_training(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
     """Train + validate as configured; writes the artifact, metrics.json and report.md into cfg.output.
 
@@ -102,14 +115,7 @@ def run_training(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
             base.calibrate()
         zero = base.evaluate(test, batch_size=cfg.train.eval_batch_size, progress=progress)
         log(f"zero-shot accuracy: {zero['accuracy']:.4f} on {len(test)}")
-    result = None
-    if pm.method.trainable:
-        tc = cfg.train.model_copy(update={"progress": progress and cfg.train.progress,
-                                          "checkpoint_dir": cfg.train.checkpoint_dir or (str(out) if not pm.method.trains_backbone else None)})
-        result = pm.fit(train, dev, **tc.model_dump())
-        if main and not cfg.train.stop_after and tc.checkpoint_dir:  # finished: the resumable checkpoint has served its purpose
-            shutil.rmtree(Path(tc.checkpoint_dir) / "checkpoint", ignore_errors=True)
-        log(f"trained {result.steps} steps in {result.seconds:.1f}s; best dev {result.best_dev} at step {result.best_step}")
+    result = _fit(pm, cfg, train, dev, out, progress=progress, log=log, main=main)
     if not main:
         _barrier()  # the main process evaluates and writes; the others wait, then leave
         return {"main_process": False, "output": str(out)}
@@ -262,14 +268,7 @@ def run_generation_training(cfg: RunConfig, *, progress: bool = True, log=print)
         base = build_generation_model(cfg, gm.backbone, method="zero-shot")
         zero = base.evaluate(test, progress=progress)
         log(f"zero-shot: ROUGE-L {zero['rougeL']:.2f}  BLEU {zero['bleu']:.2f}  chrF {zero['chrf']:.2f} on {len(test)}")
-    result = None
-    if gm.method.trainable:
-        tc = cfg.train.model_copy(update={"progress": progress and cfg.train.progress,
-                                          "checkpoint_dir": cfg.train.checkpoint_dir or (str(out) if not gm.method.trains_backbone else None)})
-        result = gm.fit(train, dev, **tc.model_dump())
-        if not cfg.train.stop_after and tc.checkpoint_dir:
-            shutil.rmtree(Path(tc.checkpoint_dir) / "checkpoint", ignore_errors=True)
-        log(f"trained {result.steps} steps in {result.seconds:.1f}s; best dev {result.best_dev} at step {result.best_step}")
+    result = _fit(gm, cfg, train, dev, out, progress=progress, log=log, main=_is_main_process())
     save(gm, out)
     metrics: dict = {}
     if test:
