@@ -257,7 +257,7 @@ def test_http_mixed_request_answers_each_task_with_its_own_labels(client):
     ("post", "/v1/tasks/sst/predict", {"inputs": ["x"] * 6}, 413, "limit is 5"),
     ("post", "/v1/tasks/sst/predict", {"inputs": ["x" * 5000]}, 413, "larger than 4000 bytes"),
     ("post", "/v1/predict", {"requests": [{"task": "sst", "input": "a"}, {"task": "zzz", "input": "b"}]}, 404, "zzz"),
-    ("post", "/v1/tasks/sst/generate", {"input": "x"}, 501, "cannot generate"),
+    ("post", "/v1/tasks/sst/generate", {"input": "x"}, 400, "cannot generate"),
     ("post", "/v1/tasks/nope/generate", {"input": "x"}, 404, "no task named"),
     ("post", "/v1/tasks", {"path": "/no/such/dir"}, 400, "not a prompttune artifact"),
     ("delete", "/v1/tasks/nope", None, 404, "no task named"),

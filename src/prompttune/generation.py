@@ -39,7 +39,7 @@ from torch import nn
 
 from .errors import ConfigError, TemplateError
 from .model import Tunable
-from .template import Renderer, Template, Text, _segment_text
+from .template import Rendered, Renderer, Template, Text, _segment_text
 
 GENERATION_FAMILIES = ("causal-lm", "seq2seq")
 
@@ -136,6 +136,48 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> str:
     return text[:end]
 
 
+def hf_generation_config(backbone, opts: GenerateConfig):
+    """transformers' GenerationConfig for ``opts`` on ``backbone`` (its pad, eos and decoder start tokens)."""
+    from transformers import GenerationConfig
+
+    fam = backbone.family
+    kw = dict(max_new_tokens=opts.max_new_tokens, num_beams=opts.num_beams, do_sample=opts.do_sample,
+              repetition_penalty=opts.repetition_penalty, pad_token_id=fam.pad_id, eos_token_id=backbone.tokenizer.eos_token_id,
+              use_cache=opts.use_cache)
+    if opts.do_sample:
+        kw.update(temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p)
+    if fam.name == "seq2seq":
+        kw["decoder_start_token_id"] = fam.start_id
+    else:
+        kw["bos_token_id"] = backbone.tokenizer.bos_token_id
+    return GenerationConfig(**kw)
+
+
+@torch.no_grad()
+def decode(backbone, model_inputs: dict, opts: GenerateConfig) -> tuple[list[str], int]:
+    """Run ``generate`` on prepared model inputs (:func:`method_inputs`, or a server's mixed batch) and decode each
+    row up to eos and the first stop string. Returns the texts and the number of tokens generated."""
+    from transformers import StoppingCriteriaList
+
+    tok = backbone.tokenizer
+    eos, pad = tok.eos_token_id, backbone.family.pad_id
+    skip = 1 if backbone.family.name == "seq2seq" else 0  # a decoder's output starts with its start token
+    stopping = StoppingCriteriaList([_StopOnStrings(tok, opts.stop, skip)]) if opts.stop else None
+    if opts.do_sample:
+        torch.manual_seed(opts.seed)
+    out = backbone.model.generate(**model_inputs, generation_config=hf_generation_config(backbone, opts), stopping_criteria=stopping)
+    texts, n_tokens = [], 0
+    for row in out[:, skip:].tolist():
+        keep = []
+        for t in row:
+            if t == eos:
+                break
+            keep.append(t)
+        n_tokens += sum(1 for t in keep if t not in (pad, eos))
+        texts.append(cut_at_stop(tok.decode(keep, skip_special_tokens=True), opts.stop).strip())
+    return texts, n_tokens
+
+
 class GenerationModel(Tunable, nn.Module):
     """Backbone + source template + target field + method. ``forward(batch)`` is the teacher-forced loss."""
 
@@ -224,7 +266,9 @@ class GenerationModel(Tunable, nn.Module):
 
     def source_batch(self, rows: Sequence[Mapping[str, str]]) -> GenBatch:
         """Sources only, left-padded (so every row's next token is at the right edge), for ``generate``."""
-        rendered = [self.renderer.render(r) for r in rows]
+        return self.pad_sources(self.source_rows(rows))
+
+    def pad_sources(self, rendered: Sequence[Rendered]) -> GenBatch:
         ids = [r.ids for r in rendered]
         side = "right" if self.is_seq2seq else "left"
         return GenBatch(_pad(ids, self.pad_id, side), _pad([r.soft for r in rendered], -1, side), _mask_of(ids, side))
@@ -278,44 +322,16 @@ class GenerationModel(Tunable, nn.Module):
         return total / max(n, 1)
 
     # ---- generation ------------------------------------------------------------------------
-    def _hf_generation_config(self, opts: GenerateConfig):
-        from transformers import GenerationConfig
-
-        kw = dict(max_new_tokens=opts.max_new_tokens, num_beams=opts.num_beams, do_sample=opts.do_sample,
-                  repetition_penalty=opts.repetition_penalty, pad_token_id=self.pad_id, eos_token_id=self.eos_id, use_cache=opts.use_cache)
-        if opts.do_sample:
-            kw.update(temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p)
-        if not self.is_seq2seq:
-            kw["bos_token_id"] = self.backbone.tokenizer.bos_token_id
-        else:
-            kw["decoder_start_token_id"] = self.backbone.family.start_id
-        return GenerationConfig(**kw)
+    def source_rows(self, rows: Sequence[Mapping[str, str]]) -> list[Rendered]:
+        return [self.renderer.render(r) for r in rows]
 
     @torch.no_grad()
     def generate_batch(self, rows: Sequence[Mapping[str, str]], opts: GenerateConfig | None = None) -> tuple[list[str], int]:
         """Generate for one batch of rows; returns the texts and the number of tokens generated."""
-        from transformers import StoppingCriteriaList
-
         opts = opts or self.generation
         batch = self.source_batch(rows).to(self.device)
         kw = method_inputs(self.method, self.backbone, batch.input_ids, batch.soft_index, batch.attention_mask)
-        skip = 1 if self.is_seq2seq else 0  # a decoder's output starts with its start token
-        stopping = StoppingCriteriaList([_StopOnStrings(self.backbone.tokenizer, opts.stop, skip)]) if opts.stop else None
-        if opts.do_sample:
-            torch.manual_seed(opts.seed)
-        out = self.model.generate(**kw, generation_config=self._hf_generation_config(opts), stopping_criteria=stopping)
-        texts, n_tokens = [], 0
-        specials = {self.pad_id, self.eos_id}
-        for row in out[:, skip:].tolist():
-            keep = []
-            for t in row:
-                if t == self.eos_id:
-                    break
-                keep.append(t)
-            n_tokens += sum(1 for t in keep if t not in specials)
-            text = self.backbone.tokenizer.decode(keep, skip_special_tokens=True)
-            texts.append(cut_at_stop(text, opts.stop).strip())
-        return texts, n_tokens
+        return decode(self.backbone, kw, opts)
 
     def generate(self, inputs, *, progress: bool = False, **options) -> list[str]:
         """Generated text per input (a dict of fields, or a plain string for a one-field template).

@@ -6,13 +6,13 @@ Routes (all JSON except /metrics; every route but /health needs ``Authorization:
 - ``GET /v1/tasks``, ``GET /v1/tasks/{task}``   tasks with their labels, fields, template, method, metrics
 - ``POST /v1/tasks/{task}/predict``      ``{"inputs": ["text", {"premise": .., "hypothesis": ..}]}`` (or ``"input"``)
 - ``POST /v1/predict``                   ``{"requests": [{"task": "sst", "input": "..."}, ...]}``: several tasks at once
-- ``POST /v1/tasks/{task}/generate``     for generation tasks (501 while no generation task kind is installed)
+- ``POST /v1/tasks/{task}/generate``     generated text for a generation task (decoding settings per request)
 - ``POST /v1/tasks``, ``DELETE /v1/tasks/{task}``   load / unload an artifact at run time
 - ``GET /metrics``                       Prometheus text: requests, inputs, batch sizes, latency, tokens reused
 
 Errors are ``{"detail": what, "where": ..., "fix": ...}`` with 400 (malformed JSON, bad artifact path),
 401 (key), 404 (unknown task), 409 (artifact for another backbone, name in use), 413 (body or input count over
-the limit), 422 (missing / wrong fields), 501 (no generation support), 503 + Retry-After (queue full).
+the limit), 422 (missing / wrong fields or options), 400 (an operation the task's kind lacks), 503 + Retry-After (queue full).
 """
 
 from __future__ import annotations
@@ -88,15 +88,40 @@ class MixedResponse(BaseModel):
 
 
 class GenerateRequest(_Strict):
-    inputs: list[Input] | None = Field(None, min_length=1)
-    input: Input | None = None
-    max_new_tokens: int = Field(64, ge=1, le=4096)
+    """Inputs for a generation task, and decoding settings; an unset setting keeps the artifact's own."""
+
+    inputs: list[Input] | None = Field(None, min_length=1, description="sources (one-field templates) or objects with one key per field")
+    input: Input | None = Field(None, description="a single input (instead of inputs)")
+    max_new_tokens: int | None = Field(None, ge=1, le=1024, description="most tokens generated per input")
+    num_beams: int | None = Field(None, ge=1, le=16, description="beam search width")
+    do_sample: bool | None = Field(None, description="sample instead of greedy / beam search")
+    temperature: float | None = Field(None, gt=0, description="sampling temperature")
+    top_k: int | None = Field(None, ge=0, description="sampling: keep the k most likely tokens (0 = all)")
+    top_p: float | None = Field(None, gt=0, le=1, description="sampling: nucleus probability mass")
+    repetition_penalty: float | None = Field(None, gt=0)
+    stop: list[str] | None = Field(None, max_length=16, description="stop strings (cut off from the output)")
+    seed: int | None = Field(None, description="sampling seed")
 
     @model_validator(mode="after")
     def _one_of(self):
         if (self.inputs is None) == (self.input is None):
             raise ValueError("give exactly one of 'inputs' (a list) or 'input'")
         return self
+
+    def items(self) -> list:
+        return self.inputs if self.inputs is not None else [self.input]
+
+    def options(self) -> dict:
+        return {k: v for k, v in self.model_dump(exclude={"inputs", "input"}).items() if v is not None}
+
+
+class Generated(BaseModel):
+    text: str
+
+
+class GenerateResponse(BaseModel):
+    task: str
+    outputs: list[Generated]
 
 
 class AddTaskRequest(_Strict):
@@ -351,14 +376,15 @@ def create_app(engine: ServeEngine, *, api_key: str | None = None, max_body_byte
         return MixedResponse(results=[MixedResult(task=r.task, **tasks[r.task].format_result("predict", raw[0]))
                                       for r, raw in zip(body.requests, raws)])
 
-    @api.post("/v1/tasks/{task}/generate", tags=["inference"], responses={501: {"model": ErrorBody}})
-    async def generate(task: str, body: GenerateRequest) -> dict:
-        """Generation tasks only: 400 for a task of another kind, 501 while no generation task kind is installed."""
-        items = body.inputs if body.inputs is not None else [body.input]
+    @api.post("/v1/tasks/{task}/generate", response_model=GenerateResponse, tags=["inference"])
+    async def generate(task: str, body: GenerateRequest) -> GenerateResponse:
+        """Generation tasks only (400 for a task of another kind). Requests of several tasks with the same decoding
+        settings share one generate() call."""
+        items = body.items()
         check_count(len(items))
         t = engine.task(task)
-        raw = await run(task, items, "/v1/tasks/{task}/generate", operation="generate", max_new_tokens=body.max_new_tokens)
-        return {"task": task, "outputs": [t.format_result("generate", r) for r in raw]}
+        raw = await run(task, items, "/v1/tasks/{task}/generate", operation="generate", **body.options())
+        return GenerateResponse(task=task, outputs=[Generated(**t.format_result("generate", r)) for r in raw])
 
     @api.get("/metrics", response_class=PlainTextResponse, tags=["service"])
     def prometheus() -> PlainTextResponse:

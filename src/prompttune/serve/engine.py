@@ -13,13 +13,17 @@ fill. Within a batch every row keeps its own prompt:
   and template text before the first field) is run through the backbone once per task; its keys/values are
   reused for every row, so a batch only computes the tokens after it.
 
-Task kinds are a registry (``TASK_KINDS``, keyed by the artifact's ``task`` field). Classification is the kind
-implemented here; a generation kind plugs in beside it without touching the engine or the HTTP app::
+Rows that cannot share the mixed forward are still batched with the other requests of their own task: a deep
+prompt (prefix) lives in every attention layer, and an encoder + head task carries its own classification head,
+which is put into the backbone for that task's forward.
+
+Task kinds are a registry (``TASK_KINDS``, keyed by the artifact's ``task`` field): ``classification`` here,
+``generation`` in :mod:`prompttune.serve.generation`. A kind implements::
 
     @register_task_kind
-    class GenerationTask(ServedTask):
-        kind = "generation"                      # prompt.json "task"
-        operations = frozenset({"generate"})     # POST /v1/tasks/{task}/generate then routes here (501 until then)
+    class SomeTask(ServedTask):
+        kind = "..."                             # prompt.json "task"
+        operations = frozenset({"..."})          # POST /v1/tasks/{task}/<operation> routes here
         @classmethod
         def load(cls, engine, name, directory, meta): ...      # onto engine.backbone; refuse what cannot share it
         def make_jobs(self, operation, inputs, **options): ...  # validate + render, in the caller's thread
@@ -126,6 +130,67 @@ class ServedTask:
         """Results for jobs of this kind, in order, computed together."""
         raise NotImplementedError
 
+    def as_row(self, x) -> dict:
+        """One input (an object with the template's fields, or a bare string for a one-field template) as a row."""
+        if isinstance(x, Mapping):
+            missing = [f for f in self.fields if f not in x]
+            if missing:
+                raise TemplateError(f"the input has no field {missing[0]!r}; task {self.name!r} needs {self.fields}",
+                                    where="input", fix=f"send an object with the keys {self.fields}")
+            bad = [k for k in self.fields if not isinstance(x[k], str)]
+            if bad:
+                raise TemplateError(f"field {bad[0]!r} must be text", where="input", fix="send strings")
+            return {f: x[f] for f in self.fields}
+        if isinstance(x, str):
+            if len(self.fields) != 1:
+                raise TemplateError(f"task {self.name!r} has fields {self.fields}; a bare string fills only a one-field template",
+                                    where="input", fix=f"send an object with the keys {self.fields}")
+            return {self.fields[0]: x}
+        raise TemplateError(f"an input must be a string or an object, got {type(x).__name__}", where="input",
+                            fix="send a string, or an object with one key per template field")
+
+    @staticmethod
+    def check_shareable(engine: "ServeEngine", directory: Path, meta: dict) -> str:
+        """Refuse an artifact that cannot share the engine's frozen backbone; returns its method name."""
+        from ..methods import METHODS
+
+        bb = engine.backbone
+        method = meta.get("method", {}).get("name")
+        mcls = METHODS.get(method)
+        if meta.get("trained_backbone") or (mcls is not None and mcls.trains_backbone):
+            raise TaskConflictError(f"method {method!r} trains the backbone's own weights, so this artifact carries its own "
+                                    "model and cannot share the frozen backbone", where=str(directory),
+                                    fix="serve it with a separate `prompttune serve` process, or train a soft-prompt artifact")
+        if method not in SERVABLE_METHODS:
+            raise TaskConflictError(f"method {method!r} is not supported by the serving engine (it serves "
+                                    f"{', '.join(sorted(SERVABLE_METHODS))} artifacts on a frozen backbone)",
+                                    where=str(directory), fix="load it with prompttune.load() and call predict, or serve it alone")
+        family = meta.get("backbone", {}).get("family")
+        if family and family != bb.family.name:
+            raise TaskConflictError(f"this artifact was trained on a {family} model, the server's backbone is a {bb.family.name}",
+                                    where=str(directory), fix="serve it with a server started on its own backbone")
+        engine.check_fingerprint(meta, directory)
+        return method
+
+    @staticmethod
+    def load_onto(engine: "ServeEngine", directory: Path):
+        """The artifact's model on the engine's backbone (a backbone mismatch found on loading is a conflict)."""
+        from ..artifact import load
+        from ..methods import Method
+
+        try:
+            model = load(directory, backbone=engine.backbone)
+        except ArtifactError as e:
+            if "trained on" in e.what:
+                raise TaskConflictError(e.what, where=e.where, fix=e.fix) from None
+            raise
+        m = model.method
+        if (type(m).embed is not Method.embed or getattr(m, "model_inputs", None) is not None
+                or (m.prefix_kv(engine.backbone) is not None and m.soft is not None)):
+            raise TaskConflictError(f"method {m.name!r} builds its inputs in its own way, which a mixed batch cannot carry",
+                                    where=str(directory), fix="serve it alone with prompttune.load()")
+        return model
+
     def describe(self) -> dict:
         return {"name": self.name, "kind": self.kind, "operations": sorted(self.operations), "path": str(self.directory)}
 
@@ -144,10 +209,9 @@ def _pad_right(t: torch.Tensor, width: int, value) -> torch.Tensor:
     return torch.cat([t, torch.full((t.shape[0], width - t.shape[1]), value, dtype=t.dtype)], dim=1)
 
 
-# Methods whose whole prompt is the input embeddings (soft rows written over placeholder tokens) and the
-# verbalizer: exactly what a mixed batch can carry per row. Another method is refused, never served wrongly.
-# A deep prompt (prefix) lives in every attention layer, not in the embeddings: its rows are scored in a forward of
-# their own task (several requests of that task still share it).
+# Methods that leave the backbone frozen and whose prompt is the input embeddings (soft rows written over placeholder
+# tokens), or keys/values in front of every attention layer (prefix): what a shared backbone can carry per row or per
+# task. Another method is refused, never served wrongly.
 SERVABLE_METHODS = frozenset({"zero-shot", "soft-prompt", "prefix"})
 
 
@@ -171,46 +235,27 @@ class ClassificationTask(ServedTask):
         self.prefix_ids: list[int] = []
         self.prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.deep = pm.method.prefix_kv(pm.backbone) is not None
+        # An encoder + head task's classification head lives in the backbone: the head trained with its prompt (or
+        # the model's own, for an untrained method) is kept here and put in place for this task's forward.
+        self.head: dict[str, torch.Tensor] | None = None
+        if engine.backbone.family.name == "encoder-head":
+            own = {k: v.detach().clone() for k, v in pm.method._head.items()}
+            self.head = {k: own.get(k, v) for k, v in engine.base_head.items()}
+        self.own_forward = self.deep or self.head is not None
         if engine.prefix_cache and engine.backbone.family.name == "causal-lm" and not self.deep:
             self._build_prefix_cache(engine)
 
     @classmethod
     def load(cls, engine, name, directory, meta):
-        from ..artifact import load
-        from ..methods import METHODS
-
+        cls.check_shareable(engine, directory, meta)
         bb = engine.backbone
-        method = meta.get("method", {}).get("name")
-        mcls = METHODS.get(method)
-        if meta.get("trained_backbone") or (mcls is not None and mcls.trains_backbone):
-            raise TaskConflictError(f"method {method!r} trains the backbone's own weights, so this artifact carries its own "
-                                    "model and cannot share the frozen backbone", where=str(directory),
-                                    fix="serve it with a separate `prompttune serve` process, or train a soft-prompt artifact")
-        family = meta.get("backbone", {}).get("family")
-        if method not in SERVABLE_METHODS:
-            raise TaskConflictError(f"method {method!r} is not supported by the serving engine (it batches "
-                                    f"{', '.join(sorted(SERVABLE_METHODS))} artifacts, whose prompt enters through the input embeddings)",
-                                    where=str(directory), fix="load it with prompttune.load() and call predict, or serve it alone")
-        if family == "encoder-head" or bb.family.name == "encoder-head":
-            raise TaskConflictError("encoder + head artifacts carry their own trained classification head inside the backbone, "
-                                    "so several cannot share one", where=str(directory),
-                                    fix="serve it alone with `prompttune predict`, or use a causal / masked LM backbone")
-        if family and family != bb.family.name:
-            raise TaskConflictError(f"this artifact was trained on a {family} model, the server's backbone is a {bb.family.name}",
-                                    where=str(directory), fix="serve it with a server started on its own backbone")
-        engine.check_fingerprint(meta, directory)
-        try:
-            pm = load(directory, backbone=bb)
-        except ArtifactError as e:
-            if "trained on" in e.what:
-                raise TaskConflictError(e.what, where=e.where, fix=e.fix) from None
-            raise
-        from ..methods import Method
-
-        if type(pm.method).embed is not Method.embed or (pm.method.prefix_kv(bb) is not None and pm.method.soft is not None):
-            raise TaskConflictError(f"method {method!r} builds its inputs in its own way, which a mixed batch cannot carry",
-                                    where=str(directory), fix="serve it alone with prompttune.load()")
-        return cls(name, directory, meta, pm, engine)
+        if bb.family.name == "encoder-head":
+            want = len(meta.get("verbalizer", {}).get("words", {}))
+            n_out = bb.model.config.num_labels
+            if want != n_out:
+                raise TaskConflictError(f"this artifact has {want} labels, the server's classification head has {n_out}",
+                                        where=str(directory), fix="serve encoder + head artifacts with the same number of labels together")
+        return cls(name, directory, meta, cls.load_onto(engine, directory), engine)
 
     # ---- prompt cache --------------------------------------------------------------------------
     def _build_prefix_cache(self, engine: "ServeEngine") -> None:
@@ -250,24 +295,6 @@ class ClassificationTask(ServedTask):
         return P
 
     # ---- inputs --------------------------------------------------------------------------------
-    def as_row(self, x) -> dict:
-        if isinstance(x, Mapping):
-            missing = [f for f in self.fields if f not in x]
-            if missing:
-                raise TemplateError(f"the input has no field {missing[0]!r}; task {self.name!r} needs {self.fields}",
-                                    where="input", fix=f"send an object with the keys {self.fields}")
-            bad = [k for k in self.fields if not isinstance(x[k], str)]
-            if bad:
-                raise TemplateError(f"field {bad[0]!r} must be text", where="input", fix="send strings")
-            return {f: x[f] for f in self.fields}
-        if isinstance(x, str):
-            if len(self.fields) != 1:
-                raise TemplateError(f"task {self.name!r} has fields {self.fields}; a bare string fills only a one-field template",
-                                    where="input", fix=f"send an object with the keys {self.fields}")
-            return {self.fields[0]: x}
-        raise TemplateError(f"an input must be a string or an object, got {type(x).__name__}", where="input",
-                            fix="send a string, or an object with one key per template field")
-
     def make_jobs(self, operation, inputs, **options):
         if operation not in self.operations:
             raise self.unsupported(operation)
@@ -294,16 +321,18 @@ class ClassificationTask(ServedTask):
         """Class log-probabilities for every job; rows on the fast path share one forward, rows needing
         likelihood scoring share another."""
         out: list[Any] = [None] * len(jobs)
-        for t in {j.task.name: j.task for j in jobs if j.task.deep}.values():
+        for t in {j.task.name: j.task for j in jobs if j.task.own_forward}.values():
             idx = [i for i, j in enumerate(jobs) if j.task is t]
             rows = engine.backbone.family.build([jobs[i].payload for i in idx], t.word_tokens, fast=t.fast, padding_side="right")
             engine.stats.forward(rows=rows.input_ids.shape[0], computed=int(rows.attention_mask.sum()), reused=0)
+            if t.head is not None:
+                engine.put_head(t.head)
             with torch.no_grad():
-                logp = t.pm(rows).float().cpu()  # sets this task's prefix in the backbone's attention
+                logp = t.pm(rows).float().cpu()  # sets this task's prefix (if any) in the backbone's attention
             for k, i in enumerate(idx):
                 out[i] = logp[k]
         for fast in (True, False):
-            idx = [i for i, j in enumerate(jobs) if j.task.fast == fast and not j.task.deep]
+            idx = [i for i, j in enumerate(jobs) if j.task.fast == fast and not j.task.own_forward]
             if idx:
                 for i, res in zip(idx, cls._forward([jobs[i] for i in idx], engine, fast=fast)):
                     out[i] = res
@@ -550,6 +579,9 @@ class ServeEngine:
         self.max_wait = float(max_wait_ms) / 1000.0
         self.max_queue = int(max_queue)
         self.prefix_cache = bool(prefix_cache)
+        # an encoder + head backbone's own classification head, as loaded (artifacts overwrite it when they load theirs)
+        self.base_head = {k: v.detach().clone() for k, v in backbone.head_parameters().items()} \
+            if backbone.family.name == "encoder-head" else {}
         self.stats = EngineStats()
         self._tasks: dict[str, ServedTask] = {}
         self._tasks_lock = threading.Lock()
@@ -693,12 +725,24 @@ class ServeEngine:
         with self._forward_lock:
             return self._run_kinds(jobs)
 
-    def _direct_jobs(self, items) -> list[Job]:
+    def generate(self, task: str, inputs, *, timeout: float | None = None, **options) -> list[str]:
+        """Generated text per input of a generation task; ``options`` override the artifact's decoding settings
+        (max_new_tokens, num_beams, do_sample, temperature, top_k, top_p, repetition_penalty, stop, seed)."""
+        t = self.task(task)
+        return [t.format_result("generate", r)["text"] for r in self.submit(task, inputs, operation="generate", **options).result(timeout)]
+
+    def generate_mixed(self, items: Iterable[tuple[str, Any]], **options) -> list[str]:
+        """Run (task, input) pairs of generation tasks now as one batch (bypassing the queue); texts in order."""
+        jobs = self._direct_jobs(items, "generate", **options)
+        with self._forward_lock:
+            return self._run_kinds(jobs)
+
+    def _direct_jobs(self, items, operation: str = "predict", **options) -> list[Job]:
         jobs = []
         with self._render_lock:
             for name, x in items:
                 t = self.task(name)
-                jobs.append(Job(t, t.make_jobs("predict", [x])[0], None, 0))  # type: ignore[arg-type]
+                jobs.append(Job(t, t.make_jobs(operation, [x], **options)[0], None, 0))  # type: ignore[arg-type]
         return jobs
 
     def queue_depth(self) -> int:
@@ -712,6 +756,13 @@ class ServeEngine:
             table = table.to(device=embeds.device, dtype=embeds.dtype)
             embeds = torch.where((soft_index >= 0)[..., None], table[soft_index.clamp_min(0)], embeds)
         return embeds
+
+    def put_head(self, head: Mapping[str, torch.Tensor]) -> None:
+        """Put a task's classification head into the backbone (under the forward lock)."""
+        params = self.backbone.head_parameters()
+        with torch.no_grad():
+            for k, v in head.items():
+                params[k].copy_(v)
 
     def _run_kinds(self, jobs: list[Job]) -> list[Any]:
         out: list[Any] = [None] * len(jobs)

@@ -1,0 +1,141 @@
+"""Generation tasks (summarization, translation) in the serving engine, beside classification tasks.
+
+Requests of several generation tasks that ask for the same decoding settings are batched into one
+``generate()`` call: each row's source is rendered by its own task's template, its soft tokens index that task's
+rows of a stacked soft table, and the batch is left-padded (right-padded for an encoder-decoder), exactly as
+:meth:`prompttune.generation.GenerationModel.generate` pads its own batches. A prefix task (keys/values in every
+attention layer) generates in a call of its own, since the prefix is one per forward. Sampling requests are never
+merged with other requests, and are cut into the batches the task run alone would make, so a request's ``seed``
+gives the same text as ``GenerationModel.generate`` (as long as the request fits in one engine batch,
+``max_batch``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from pydantic import ValidationError
+
+from ..data import length_batches
+from ..errors import ConfigError
+from ..generation import GenerateConfig, decode, method_inputs
+from ..template import Rendered
+from .engine import Job, ServedTask, register_task_kind
+
+# Decoding settings a request may set; the rest (batch size, cache, metric language) belong to the server.
+REQUEST_OPTIONS = ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "stop", "seed")
+
+_calls = itertools.count()
+
+
+@dataclass(frozen=True)
+class GenerateJob:
+    """One rendered source with its decoding settings; jobs with equal ``key`` may share a generate() call."""
+
+    source: Rendered
+    opts: GenerateConfig
+    key: tuple
+
+
+@register_task_kind
+class GenerationServedTask(ServedTask):
+    """A generation artifact (source template + target + frozen-backbone method) on the shared backbone."""
+
+    kind = "generation"
+    operations = frozenset({"generate"})
+
+    def __init__(self, name, directory, meta, gm):
+        super().__init__(name, directory, meta)
+        self.gm = gm
+        self.fields = list(gm.template.fields)
+        with torch.no_grad():
+            self.table = gm.method.soft().detach() if gm.method.soft is not None else None
+        self.deep = gm.method.prefix_kv(gm.backbone) is not None
+
+    @classmethod
+    def load(cls, engine, name, directory, meta):
+        cls.check_shareable(engine, directory, meta)
+        return cls(name, directory, meta, cls.load_onto(engine, directory))
+
+    def options(self, options: dict) -> GenerateConfig:
+        """The artifact's decoding settings with a request's overrides, validated."""
+        unknown = sorted(set(options) - set(REQUEST_OPTIONS))
+        if unknown:
+            raise ConfigError(f"unknown generation option(s) {unknown}", where="request",
+                              fix=f"use only: {', '.join(REQUEST_OPTIONS)}")
+        try:
+            return GenerateConfig.model_validate({**self.gm.generation.model_dump(), **{k: v for k, v in options.items() if v is not None}})
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise ConfigError(f"generation option {'.'.join(map(str, err['loc']))}: {err['msg']}", where="request",
+                              fix="see GET /v1/tasks/{task} for the task's defaults") from None
+
+    def make_jobs(self, operation, inputs, **options):
+        if operation not in self.operations:
+            raise self.unsupported(operation)
+        opts = self.options(options)
+        settings = opts.model_dump(exclude={"batch_size", "language"})
+        # Sampled rows draw from one generator seeded per call: they stay with the inputs of their own request.
+        key = (json.dumps(settings, sort_keys=True), next(_calls) if opts.do_sample else None)
+        return [GenerateJob(self.gm.renderer.render(self.as_row(x)), opts, key) for x in inputs]
+
+    def format_result(self, operation, raw):
+        return {"text": raw}
+
+    def describe(self):
+        m = self.meta
+        return {**super().describe(), "fields": self.fields, "target": self.gm.target, "template": m.get("template"),
+                "method": m.get("method"), "generation": self.gm.generation.model_dump(exclude={"batch_size", "language"}),
+                "soft_tokens": 0 if self.table is None else int(self.table.shape[0]),
+                "trainable_parameters": m.get("trainable_parameters"), "metrics": m.get("metrics"),
+                "backbone": m.get("backbone", {}).get("name"), "created": m.get("created")}
+
+    # ---- batch ---------------------------------------------------------------------------------
+    @classmethod
+    def run_batch(cls, engine, jobs: list[Job]) -> list[Any]:
+        """Texts for every job: one generate() call per set of decoding settings (and per prefix task)."""
+        out: list[Any] = [None] * len(jobs)
+        groups: dict[tuple, list[int]] = {}
+        for i, j in enumerate(jobs):
+            groups.setdefault((j.payload.key, j.task.name if j.task.deep else None), []).append(i)
+        for idx in groups.values():
+            opts = jobs[idx[0]].payload.opts
+            # A sampled request is cut into the batches GenerationModel.generate would make of it, so each batch
+            # draws the same numbers as there (greedy and beam search do not depend on the batching).
+            subs = length_batches([len(jobs[i].payload.source.ids) for i in idx], opts.batch_size, shuffle=False) \
+                if opts.do_sample else [range(len(idx))]
+            for sub in subs:
+                part = [idx[k] for k in sub]
+                for i, text in zip(part, cls._generate(engine, [jobs[i] for i in part])):
+                    out[i] = text
+        return out
+
+    @staticmethod
+    def _generate(engine, jobs: Sequence[Job]) -> list[str]:
+        bb = engine.backbone
+        offsets: dict[str, int] = {}
+        tables = []
+        sources = []
+        for j in jobs:
+            t = j.task
+            if t.table is not None and t.name not in offsets:
+                offsets[t.name] = sum(x.shape[0] for x in tables)
+                tables.append(t.table)
+            off = offsets.get(t.name, 0)
+            r = j.payload.source
+            sources.append(Rendered(r.ids, [s + off if s >= 0 else s for s in r.soft], r.mask))
+        first = jobs[0].task
+        batch = first.gm.pad_sources(sources).to(engine.device)
+        if first.deep:  # one prefix task: its own method builds the inputs and puts its prefix in the attention layers
+            kw = method_inputs(first.gm.method, bb, batch.input_ids, batch.soft_index, batch.attention_mask)
+        else:
+            bb.set_prefix(None)
+            kw = {"inputs_embeds": engine.embed(batch.input_ids, batch.soft_index, torch.cat(tables) if tables else None),
+                  "attention_mask": batch.attention_mask}
+        engine.stats.forward(rows=len(sources), computed=int(batch.attention_mask.sum()), reused=0)
+        texts, _ = decode(bb, kw, jobs[0].payload.opts)
+        return texts
