@@ -141,6 +141,7 @@ def main() -> None:
             labels = pm.labels
             words = [w if isinstance(w, str) else w[0] for w in (pm.verbalizer.words[l] for l in labels)]
             steps = args.peft_steps or steps_for(len(train), args.peft_batch)
+            backbone.set_prefix(None)  # a prefix method leaves its keys/values in the attention layers it shares with PEFT
             peft_runs.append(peft_prompt_tuning(backbone, train, test, labels, words, seed, tokens=args.peft_tokens, lr=args.peft_lr,
                                                 batch=args.peft_batch, steps=steps, init_text=args.peft_init_text))
             print(json.dumps({"peft": peft_runs[-1]}), flush=True)

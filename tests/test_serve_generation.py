@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_backbone, toy_rows
+from conftest import toy_rows
 from prompttune import PromptModel, load
 from prompttune.backbone import Backbone
 from prompttune.generation import GenerationModel
@@ -196,7 +196,9 @@ def test_encoder_head_tasks_each_keep_their_own_head(saved_tiny, tmp_path):
 def test_an_encoder_head_artifact_with_another_label_count_is_refused(saved_tiny, tmp_path):
     d = saved_tiny("bert-head")
     eng = ServeEngine(Backbone.load(d, family="encoder-head", num_labels=2), start=False)
-    three = PromptModel(tiny_backbone("bert-head", num_labels=3), "{text}", {"a": "a", "b": "b", "c": "c"}, "soft-prompt")
+    three = PromptModel(Backbone.load(d, family="encoder-head", num_labels=3), "{text}", {"a": "a", "b": "b", "c": "c"}, "soft-prompt")
     three.save(tmp_path / "three")
+    assert three.backbone.model.classifier.weight.shape == (3, 32)  # a checkpoint with a 2-label head gets a fresh 3-label one
+    assert torch.equal(three.backbone.model.bert.embeddings.word_embeddings.weight, eng.backbone.model.bert.embeddings.word_embeddings.weight)
     with pytest.raises(TaskConflictError, match="3 labels.*head has 2"):
         eng.add(tmp_path / "three")

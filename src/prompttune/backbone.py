@@ -467,7 +467,9 @@ class Backbone:
         if family == "encoder-head":
             if num_labels is None:
                 raise BackboneError("an encoder + head backbone needs the number of labels", fix="pass num_labels")
-            extra["num_labels"] = num_labels
+            # A checkpoint whose head has another number of labels gets a fresh head of the right size (what
+            # fine-tuning a classifier on a new label set needs); its encoder is loaded as it is.
+            extra.update(num_labels=num_labels, ignore_mismatched_sizes=True)
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, **kw)
         model, info = auto.from_pretrained(path, dtype=torch_dtype, output_loading_info=True, **kw, **extra)
         _drop_gguf_quantizer(model)  # a dequantised copy written by an older prompttune may still say "gguf"
