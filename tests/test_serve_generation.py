@@ -202,3 +202,29 @@ def test_an_encoder_head_artifact_with_another_label_count_is_refused(saved_tiny
     assert torch.equal(three.backbone.model.bert.embeddings.word_embeddings.weight, eng.backbone.model.bert.embeddings.word_embeddings.weight)
     with pytest.raises(TaskConflictError, match="3 labels.*head has 2"):
         eng.add(tmp_path / "three")
+
+
+def test_prompttune_serve_loads_a_generation_artifact_beside_a_classification_one(saved_tiny, tmp_path, monkeypatch):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    import prompttune.serve.app as app_mod
+    from prompttune.cli import app as cli_app
+
+    arts = _write_generation_artifacts(saved_tiny("llama"), tmp_path, {"copy": GEN_SPECS["copy"]})
+    PromptModel(Backbone.load(saved_tiny("llama")), "Review: {text} is{mask}", {"n": "bad", "p": "good"}, "zero-shot").save(tmp_path / "sst")
+    seen = {}
+
+    def fake_serve(engine, *, host, port, on_shutdown, **kw):  # drive the app in-process instead of uvicorn.run
+        with TestClient(app_mod.create_app(engine, **kw)) as c:
+            seen["text"] = c.post("/v1/tasks/copy/generate", json={"input": "good film"}).json()["outputs"][0]["text"]
+            seen["label"] = c.post("/v1/tasks/sst/predict", json={"input": "good film"}).json()["predictions"][0]["label"]
+        on_shutdown()
+        engine.close()
+
+    monkeypatch.setattr(app_mod, "serve", fake_serve)
+    res = CliRunner().invoke(cli_app, ["serve", str(arts["copy"]), str(tmp_path / "sst")])
+    assert res.exit_code == 0, res.output
+    assert "task copy: generation, generates 'tgt' from ['src']" in res.output and "task sst: classification, labels ['n', 'p']" in res.output
+    assert seen["text"] == load(arts["copy"]).generate(["good film"])[0] and seen["label"] in ("n", "p")

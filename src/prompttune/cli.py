@@ -291,7 +291,10 @@ def serve(directories: List[Path] = typer.Argument(..., help="artifact directori
     engine = ServeEngine.from_artifacts(directories, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                                         prefix_cache=not no_prefix_cache)
     for name, t in engine.tasks.items():
-        _say(f"task {name}: {t.kind}, labels {getattr(t, 'labels', [])}, cached prompt prefix {t.describe().get('cached_prefix_tokens', 0)} tokens")
+        d = t.describe()
+        what = f"labels {d['labels']}, cached prompt prefix {d.get('cached_prefix_tokens', 0)} tokens" if "labels" in d \
+            else f"generates {d.get('target')!r} from {d.get('fields')}"
+        _say(f"task {name}: {t.kind}, {what}")
     _say(f"serving {len(engine.tasks)} task(s) on {engine.backbone.name} at http://{host}:{port} (docs at /docs)")
     run_server(engine, host=host, port=port, api_key=api_key, max_inputs=max_inputs, max_body_bytes=max_body_bytes,
                allow_admin=not no_admin, on_shutdown=lambda: _say(engine.stats.summary()))
