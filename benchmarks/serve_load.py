@@ -122,9 +122,9 @@ def _generation_artifacts(bb, out: Path) -> dict[str, Path]:
     return dirs
 
 
-def _peft_generate_app(bb_peft, arts: dict[str, Path], max_new_tokens: int):
-    """PEFT's way for generation: one adapter active at a time, switched per request, PeftModel.generate."""
-    from fastapi import FastAPI
+def _peft_adapters(bb_peft, arts: dict[str, Path], *, generation: bool):
+    """One PeftModel holding a prompt-tuning adapter per artifact (the very same soft rows), and per task the
+    artifact's meta and a renderer of its template without the soft tokens (PEFT puts its virtual tokens in front)."""
     from peft import PromptTuningConfig, get_peft_model
     from safetensors.torch import load_file
 
@@ -132,8 +132,7 @@ def _peft_generate_app(bb_peft, arts: dict[str, Path], max_new_tokens: int):
     from prompttune.template import Renderer, Template
 
     model = None
-    renderers = {}
-    tok = bb_peft.tokenizer
+    tasks = {}
     for name, d in arts.items():
         meta = read_meta(d)
         cfg = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=NUM_TOKENS)
@@ -145,9 +144,20 @@ def _peft_generate_app(bb_peft, arts: dict[str, Path], max_new_tokens: int):
             model.prompt_encoder[name].embedding.weight.copy_(load_file(str(d / "prompt.safetensors"))["soft.weight"])
         head = "{soft*%d}" % NUM_TOKENS
         assert meta["template"].startswith(head), meta["template"]
-        renderers[name] = Renderer(Template(meta["template"][len(head):]), tok, max_length=256, placeholder_id=bb_peft.family.pad_id,
-                                   drop_mask=True, move_space_into_mask=False)
+        extra = dict(drop_mask=True, move_space_into_mask=False) if generation else {}
+        tasks[name] = (meta, Renderer(Template(meta["template"][len(head):]), bb_peft.tokenizer, max_length=256,
+                                      placeholder_id=bb_peft.family.pad_id, **extra))
     model.eval()
+    return model, tasks
+
+
+def _peft_generate_app(bb_peft, arts: dict[str, Path], max_new_tokens: int):
+    """PEFT's way for generation: one adapter active at a time, switched per request, PeftModel.generate."""
+    from fastapi import FastAPI
+
+    model, tasks = _peft_adapters(bb_peft, arts, generation=True)
+    renderers = {name: r for name, (_, r) in tasks.items()}
+    tok = bb_peft.tokenizer
     lock = threading.Lock()
     api = FastAPI()
 
@@ -169,31 +179,12 @@ def _peft_generate_app(bb_peft, arts: dict[str, Path], max_new_tokens: int):
 def _peft_app(bb_peft, arts: dict[str, Path]):
     """A server doing what PEFT allows: one adapter active at a time, switched per request."""
     from fastapi import FastAPI
-    from peft import PromptTuningConfig, get_peft_model
-    from safetensors.torch import load_file
 
-    from prompttune.artifact import read_meta
-    from prompttune.template import Renderer, Template
-
-    model = None
+    model, adapters = _peft_adapters(bb_peft, arts, generation=False)
     tasks = {}
-    for name, d in arts.items():
-        meta = read_meta(d)
-        cfg = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=NUM_TOKENS)
-        if model is None:
-            model = get_peft_model(bb_peft.model, cfg, adapter_name=name)
-        else:
-            model.add_adapter(name, cfg)
-        table = load_file(str(d / "prompt.safetensors"))["soft.weight"]
-        with torch.no_grad():
-            model.prompt_encoder[name].embedding.weight.copy_(table)
-        head = "{soft*%d}" % NUM_TOKENS
-        assert meta["template"].startswith(head), meta["template"]
-        tpl = Template(meta["template"][len(head):])  # PEFT puts the virtual tokens in front itself
-        renderer = Renderer(tpl, bb_peft.tokenizer, max_length=256, placeholder_id=bb_peft.family.pad_id)
+    for name, (meta, renderer) in adapters.items():
         words = [bb_peft.tokenizer(" " + w[0], add_special_tokens=False)["input_ids"][0] for w in meta["verbalizer"]["words"].values()]
         tasks[name] = (renderer, words, list(meta["verbalizer"]["words"]))
-    model.eval()
     lock = threading.Lock()
     api = FastAPI()
 
