@@ -30,6 +30,8 @@ def _write(path: Path, text: str) -> None:
 
 
 def table(runs: list[dict], methods: list[str]) -> str:
+    """Mean ± std per method: ``methods`` first, then any other method already in ``runs`` (an earlier invocation)."""
+    methods = list(dict.fromkeys([*methods, *(r["method"] for r in runs)]))
     lines = ["| method | seeds | accuracy (mean ± std) | per seed | trainable parameters | artifact bytes | train s (mean) |",
              "|---|---|---|---|---|---|---|"]
     for m in methods:
@@ -65,6 +67,7 @@ def main() -> None:
     res_path = out / "results.json"
     runs = json.loads(res_path.read_text())["runs"] if res_path.exists() else []
     done = {(r["method"], r["seed"]) for r in runs}
+    header = f"{args.model}, {demo_config(Path(args.artifacts)).data.shots_per_class} per class, {args.test_size} test reviews\n\n"
     for seed in args.seeds:
         for method in args.methods:
             if (method, seed) in done or (method == "zero-shot" and any(r["method"] == "zero-shot" for r in runs)):
@@ -89,8 +92,8 @@ def main() -> None:
             print(json.dumps(runs[-1]), flush=True)
             meta = {"model": args.model, "test_size": args.test_size, "template": cfg.prompt.template, "overrides": args.overrides, "runs": runs}
             _write(res_path, json.dumps(meta, indent=2))
-            _write(out / "summary.md", f"{args.model}, {cfg.data.shots_per_class} per class, {args.test_size} test reviews\n\n"
-                   + table(runs, args.methods))
+            _write(out / "summary.md", header + table(runs, args.methods))
+    _write(out / "summary.md", header + table(runs, args.methods))
     print(table(runs, args.methods))
 
 
