@@ -266,9 +266,10 @@ class GenerationModel(Tunable, nn.Module):
 
     def source_batch(self, rows: Sequence[Mapping[str, str]]) -> GenBatch:
         """Sources only, left-padded (so every row's next token is at the right edge), for ``generate``."""
-        return self.pad_sources(self.source_rows(rows))
+        return self.pad_sources([self.renderer.render(r) for r in rows])
 
     def pad_sources(self, rendered: Sequence[Rendered]) -> GenBatch:
+        """Rendered sources as one generation batch (a server pads several tasks' sources together with it)."""
         ids = [r.ids for r in rendered]
         side = "right" if self.is_seq2seq else "left"
         return GenBatch(_pad(ids, self.pad_id, side), _pad([r.soft for r in rendered], -1, side), _mask_of(ids, side))
@@ -322,9 +323,6 @@ class GenerationModel(Tunable, nn.Module):
         return total / max(n, 1)
 
     # ---- generation ------------------------------------------------------------------------
-    def source_rows(self, rows: Sequence[Mapping[str, str]]) -> list[Rendered]:
-        return [self.renderer.render(r) for r in rows]
-
     @torch.no_grad()
     def generate_batch(self, rows: Sequence[Mapping[str, str]], opts: GenerateConfig | None = None) -> tuple[list[str], int]:
         """Generate for one batch of rows; returns the texts and the number of tokens generated."""

@@ -87,11 +87,9 @@ class MixedResponse(BaseModel):
     results: list[MixedResult]
 
 
-class GenerateRequest(_Strict):
+class GenerateRequest(PredictRequest):
     """Inputs for a generation task, and decoding settings; an unset setting keeps the artifact's own."""
 
-    inputs: list[Input] | None = Field(None, min_length=1, description="sources (one-field templates) or objects with one key per field")
-    input: Input | None = Field(None, description="a single input (instead of inputs)")
     max_new_tokens: int | None = Field(None, ge=1, le=1024, description="most tokens generated per input")
     num_beams: int | None = Field(None, ge=1, le=16, description="beam search width")
     do_sample: bool | None = Field(None, description="sample instead of greedy / beam search")
@@ -101,15 +99,6 @@ class GenerateRequest(_Strict):
     repetition_penalty: float | None = Field(None, gt=0)
     stop: list[str] | None = Field(None, max_length=16, description="stop strings (cut off from the output)")
     seed: int | None = Field(None, description="sampling seed")
-
-    @model_validator(mode="after")
-    def _one_of(self):
-        if (self.inputs is None) == (self.input is None):
-            raise ValueError("give exactly one of 'inputs' (a list) or 'input'")
-        return self
-
-    def items(self) -> list:
-        return self.inputs if self.inputs is not None else [self.input]
 
     def options(self) -> dict:
         return {k: v for k, v in self.model_dump(exclude={"inputs", "input"}).items() if v is not None}

@@ -563,6 +563,7 @@ class ServeEngine:
         engine = ServeEngine.from_artifacts(["runs/sst", "runs/topic"], max_batch=32, max_wait_ms=5)
         engine.predict("sst", ["A triumph.", "Dull."])
         engine.predict_mixed([("sst", "A triumph."), ("topic", "Shares fell sharply.")])  # one forward pass
+        engine.generate("headlines", ["The article ..."], max_new_tokens=24)                 # a generation artifact
         engine.close()
     """
 
