@@ -108,6 +108,15 @@ def toy_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def write_jsonl(path, rows) -> str:
+    """Rows as a JSON-lines file; returns its path."""
+    import json
+
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    return str(path)
+
+
 def write_csv(path, rows) -> str:
     """Rows with text and label columns as a CSV file; returns its path."""
     import csv

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_backbone, toy_rows
+from conftest import tiny_backbone, toy_rows, write_jsonl
 from prompttune.artifact import load
 from prompttune.demonstrations import Demonstrations
 from prompttune.errors import ConfigError
@@ -120,9 +120,7 @@ def test_config_key_turns_demonstrations_on_in_a_run(tmp_path, saved_tiny):
     from prompttune.config import load_config
     from prompttune.pipeline import run_training
 
-    with open(tmp_path / "train.jsonl", "w") as f:
-        for r in toy_rows(24, seed=6):
-            f.write(json.dumps(r) + "\n")
+    write_jsonl(tmp_path / "train.jsonl", toy_rows(24, seed=6))
     cfg = load_config(None, [f"model.name={saved_tiny('llama')}", f"data.train={tmp_path / 'train.jsonl'}",
                              f"data.test={tmp_path / 'train.jsonl'}", "data.shots_per_class=6", "data.test_size=8",
                              f"prompt.template={TEMPLATE}", "prompt.verbalizer={negative: bad, positive: good}",

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import cli_ok, toy_rows
+from conftest import cli_ok, toy_rows, write_jsonl
 from prompttune.artifact import load
 from prompttune.backbone import Backbone
 from prompttune.ensemble import Ensemble
@@ -60,8 +60,6 @@ def test_predict_and_eval_commands_take_several_artifacts(artifacts, monkeypatch
     expected = Ensemble.load([artifacts / "a", artifacts / "b"]).predict(["a great film", "bad plot"])
     assert [o["input"] for o in out] == ["a great film", "bad plot"]
     assert [o["probabilities"] for o in out] == [e["probabilities"] for e in expected]
-    with open(tmp_path / "test.jsonl", "w") as f:
-        for r in toy_rows(8, seed=4):
-            f.write(json.dumps(r) + "\n")
+    write_jsonl(tmp_path / "test.jsonl", toy_rows(8, seed=4))
     m = json.loads(run("eval", artifacts / "a", "--with", artifacts / "b", "--data", tmp_path / "test.jsonl", "--json"))
     assert m["members"] == 2 and m["n"] == 8

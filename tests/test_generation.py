@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_cli, tiny_backbone
+from conftest import run_cli, tiny_backbone, write_jsonl
 from prompttune.errors import ConfigError, TemplateError
 from prompttune.generation import GenerationModel, cut_at_stop, method_inputs
 from prompttune.metrics import RougeTokenizer, generation_metrics
@@ -259,11 +259,6 @@ def test_artifact_round_trip(tmp_path, saved_tiny, kind, method):
     assert back.generate(SOURCES) == expected
 
 
-def _jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
 def test_cli_train_eval_predict_generation(tmp_path, saved_tiny, monkeypatch, capsys):
     import yaml
 
@@ -271,8 +266,8 @@ def test_cli_train_eval_predict_generation(tmp_path, saved_tiny, monkeypatch, ca
         return run_cli(monkeypatch, capsys, *args)
 
     pairs = [{"english": r["src"], "german": r["tgt"]} for r in copy_rows(40, 3)]
-    _jsonl(tmp_path / "train.jsonl", pairs[:30])
-    _jsonl(tmp_path / "test.jsonl", pairs[30:])
+    write_jsonl(tmp_path / "train.jsonl", pairs[:30])
+    write_jsonl(tmp_path / "test.jsonl", pairs[30:])
     cfg = {"model": {"name": saved_tiny("gpt2")},
            "prompt": {"template": "English: {en}\nGerman:", "target": "de", "max_target_length": 8},
            "method": {"name": "soft-prompt", "num_tokens": 2},

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_backbone, toy_rows
+from conftest import tiny_backbone, toy_rows, write_jsonl
 from prompttune.artifact import load
 from prompttune.methods.rl_prompt import ReinforcePolicy, reinforce, word_tokens
 from prompttune.model import PromptModel
@@ -108,9 +108,7 @@ def test_a_config_run_with_rl_prompt_writes_an_ordinary_artifact(tmp_path, saved
     from prompttune.config import load_config
     from prompttune.pipeline import run_training
 
-    with open(tmp_path / "train.jsonl", "w") as f:
-        for r in toy_rows(24, seed=6):
-            f.write(json.dumps(r) + "\n")
+    write_jsonl(tmp_path / "train.jsonl", toy_rows(24, seed=6))
     cfg = load_config(None, [f"model.name={saved_tiny('llama')}", f"data.train={tmp_path / 'train.jsonl'}",
                              f"data.test={tmp_path / 'train.jsonl'}", "data.shots_per_class=6", "data.test_size=8",
                              "prompt.template={text} Sentiment: {mask}", "prompt.verbalizer={negative: bad, positive: good}",

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from conftest import cli_ok, tiny_backbone, toy_rows
+from conftest import cli_ok, tiny_backbone, toy_rows, write_jsonl
 from prompttune import search as S
 from prompttune.model import PromptModel
 from prompttune.template import Template
@@ -118,9 +118,7 @@ def test_search_command_prints_a_table_and_writes_a_ready_config(monkeypatch, ca
     from prompttune.config import load_config
 
     for name, seed in (("train", 1), ("dev", 2)):
-        with open(tmp_path / f"{name}.jsonl", "w") as f:
-            for r in toy_rows(16, seed=seed):
-                f.write(json.dumps(r) + "\n")
+        write_jsonl(tmp_path / f"{name}.jsonl", toy_rows(16, seed=seed))
     cfg = {"model": {"name": saved_tiny("llama")},
            "prompt": {"template": "Review: {text} Sentiment: {mask}", "verbalizer": {"negative": "bad", "positive": "good"}},
            "method": {"name": "soft-prompt", "num_tokens": 4},

@@ -96,8 +96,18 @@ def resolve(name: str, gguf_file: str | None = None) -> tuple[str, str | None, s
 # ------------------------------------------------------------------------------------------------
 # Model rows: what one family feeds the model for a batch of rendered examples
 # ------------------------------------------------------------------------------------------------
+class TensorBatch:
+    """A dataclass of a batch's tensors (and other fields) that moves to a device in one call."""
+
+    def to(self, device):
+        for k, v in vars(self).items():
+            if isinstance(v, torch.Tensor):
+                setattr(self, k, v.to(device))
+        return self
+
+
 @dataclass
-class Rows:
+class Rows(TensorBatch):
     input_ids: torch.Tensor  # (R, T) soft positions hold a placeholder id
     soft_index: torch.Tensor  # (R, T) row of the soft table, -1 elsewhere
     attention_mask: torch.Tensor  # (R, T)
@@ -110,12 +120,6 @@ class Rows:
     target_ids: torch.Tensor | None = None  # (R, L), -100 = padding
     decoder_input_ids: torch.Tensor | None = None  # (R, Td) seq2seq only
     decoder_attention_mask: torch.Tensor | None = None
-
-    def to(self, device) -> "Rows":
-        for k, v in vars(self).items():
-            if isinstance(v, torch.Tensor):
-                setattr(self, k, v.to(device))
-        return self
 
 
 def _pad(seqs: Sequence[Sequence[int]], value: int, side: str) -> torch.Tensor:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field as PField
 from torch import nn
 
+from .backbone import TensorBatch
 from .errors import ConfigError, TemplateError
 from .model import Tunable
 from .template import Rendered, Renderer, Template, Text, _segment_text
@@ -66,7 +67,7 @@ class GenerateConfig(BaseModel):
 
 
 @dataclass
-class GenBatch:
+class GenBatch(TensorBatch):
     """Model rows of a generation batch. ``labels`` is -100 wherever no target token is predicted."""
 
     input_ids: torch.Tensor
@@ -75,12 +76,6 @@ class GenBatch:
     labels: torch.Tensor | None = None
     decoder_input_ids: torch.Tensor | None = None
     decoder_attention_mask: torch.Tensor | None = None
-
-    def to(self, device) -> "GenBatch":
-        for k, v in vars(self).items():
-            if isinstance(v, torch.Tensor):
-                setattr(self, k, v.to(device))
-        return self
 
 
 def method_inputs(method, backbone, input_ids: torch.Tensor, soft_index: torch.Tensor, attention_mask: torch.Tensor) -> dict:
