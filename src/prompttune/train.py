@@ -69,6 +69,11 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     stopped_early: bool = False
+    # Set when accelerate handed the model to FSDP2 or DeepSpeed: the trained parameters' full float32 values by name
+    # (on the main process). The model passed in stays sharded (or cast, under DeepSpeed bf16); load these into a
+    # whole copy built the same way (``load_trained``) to save or evaluate it, as ``prompttune train`` does.
+    trained: dict[str, torch.Tensor] | None = None
+    notes: list[str] = field(default_factory=list)  # what the run could not do as asked, for the log
 
 
 def _batches_for_epoch(lengths, batch_size, seed, epoch):
@@ -171,11 +176,29 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(cfg.warmup_ratio * max_steps), num_training_steps=max_steps)
 
     state = {"step": 0, "best_score": None, "best_step": 0, "bad_evals": 0, "history": [], "best_dev": None}
-    best_params: list[torch.Tensor] | None = None
+    best: dict[str, torch.Tensor] | None = None  # the best trainable state, full values by name (on the main process)
     ckpt = Path(cfg.checkpoint_dir) / "checkpoint" if cfg.checkpoint_dir else None
-    if cfg.resume and ckpt is not None and (ckpt / "trainer_state.json").exists():
-        state, best_params = _load_checkpoint(ckpt, params, names, optimizer, scheduler)
 
+    saved, notes = None, []
+    if cfg.resume and ckpt is not None and (ckpt / "trainer_state.json").exists():
+        saved = _Checkpoint.read(ckpt, names)
+        saved.load_parameters(pm)  # while the model is whole: FSDP2 and DeepSpeed take the values from it
+        state, best = saved.meta["trainer"], saved.best
+
+    engine = _engine(accelerator)
+    if engine == "deepspeed":  # DeepSpeed steps, accumulates and clips by its own config: this run's settings go there
+        accelerator.state.deepspeed_plugin.deepspeed_config.update(
+            train_micro_batch_size_per_gpu=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+            train_batch_size=cfg.batch_size * cfg.grad_accum * world, gradient_clipping=cfg.max_grad_norm)
+    model, optimizer, scheduler = accelerator.prepare(pm, optimizer, scheduler)
+    if engine == "fsdp2":  # fully_shard replaces each parameter by a sharded one under the same name
+        current = dict(pm.named_parameters())
+        params = [current.get(n, p) for n, p in zip(names, params)]
+    if saved is not None:
+        saved.load_training(pm, optimizer, scheduler, with_optimizer=engine != "deepspeed")
+        if engine == "deepspeed":
+            notes.append("resumed under DeepSpeed: parameters, schedule, data position and best state are restored; AdamW's "
+                         "moments start again (the checkpoint does not hold DeepSpeed's partitioned optimizer state)")
     lengths = [pm.length(r) for r in train_rows]
     labels = task.targets(train_rows)
 
@@ -187,9 +210,6 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
     sampler = _EpochBatches(lengths, cfg.batch_size * world, cfg.seed, start_batch=state["step"] * cfg.grad_accum,
                             rank=accelerator.process_index, world=world)
     loader = DataLoader(indexed, batch_sampler=sampler, collate_fn=collate)
-    if getattr(accelerator.state, "deepspeed_plugin", None) is not None:  # DeepSpeed reads the batch from a prepared loader
-        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
-    model, optimizer, scheduler = accelerator.prepare(pm, optimizer, scheduler)
     if cfg.log_with:
         accelerator.init_trackers("prompttune", config={"lr": lr, "max_steps": max_steps, "batch_size": cfg.batch_size,
                                                        "method": pm.method.name})
@@ -198,7 +218,7 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
     bar = tqdm(total=max_steps, initial=state["step"], desc=f"train {pm.method.name}", unit="step",
                disable=not (cfg.progress and main), dynamic_ncols=True)
     def check_dev():
-        """Evaluate on dev; on a new best, return a copy of the trainable parameters."""
+        """Evaluate on dev; on a new best, return the trainable state (every process calls this: gathering is collective)."""
         dev = task.evaluate(dev_rows, cfg)
         score = (-dev["loss"], 0.0) if cfg.metric == "loss" else (dev[cfg.metric], -dev["loss"])
         state["history"].append({"step": state["step"], **{k: dev[k] for k in task.metrics}})
@@ -207,13 +227,13 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
         if state["best_score"] is None or score > tuple(state["best_score"]):
             state.update(best_score=list(score), best_step=state["step"], bad_evals=0,
                          best_dev={k: dev[k] for k in task.metrics})
-            return [p.detach().clone() for p in params]
+            return trained_state(pm)
         state["bad_evals"] += 1
         return None
 
     start = time.perf_counter()
     if dev_rows and state["step"] == 0:  # the untrained prompt is a candidate too: training must beat it on dev
-        best_params = check_dev()
+        best = check_dev()
     model.train()
     stopped_early = False
     running = None
@@ -241,26 +261,27 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
             accelerator.log({"train/loss": lv, "train/lr": scheduler.get_last_lr()[0]}, step=state["step"])
 
         if dev_rows and (state["step"] % eval_every == 0 or state["step"] == max_steps):
-            best_params = check_dev() or best_params
+            new = check_dev()
+            best = best if new is None else new
             model.train()
             if state["bad_evals"] >= cfg.patience and state["step"] < max_steps:
                 stopped_early = True
                 break
-        if ckpt is not None and main and state["step"] % ckpt_every == 0:
-            _save_checkpoint(ckpt, state, params, names, optimizer, scheduler, best_params)
+        if ckpt is not None and state["step"] % ckpt_every == 0:
+            _save_checkpoint(ckpt, state, pm, names, optimizer, scheduler, best, write=main,
+                             with_optimizer=engine != "deepspeed")
         if cfg.stop_after and state["step"] >= cfg.stop_after:
             break
     bar.close()
     accelerator.wait_for_everyone()
-    if best_params is not None and not (cfg.stop_after and state["step"] < max_steps and not stopped_early):
-        with torch.no_grad():
-            for p, b in zip(params, best_params):
-                p.copy_(b)
+    if best is not None and not (cfg.stop_after and state["step"] < max_steps and not stopped_early):
+        restore_state(pm, best)
     if cfg.log_with:
         accelerator.end_training()
     pm.eval()
     return TrainResult(steps=state["step"], best_step=state["best_step"] if state["best_dev"] else state["step"], best_dev=state["best_dev"],
-                       history=state["history"], seconds=time.perf_counter() - start, stopped_early=stopped_early)
+                       history=state["history"], seconds=time.perf_counter() - start, stopped_early=stopped_early,
+                       trained=trained_state(pm) if engine else None, notes=notes)
 
 
 class ClassificationTask:
@@ -313,21 +334,107 @@ def _param_names(pm, params) -> list[str]:
     return [by_id.get(id(p), f"param{i}") for i, p in enumerate(params)]
 
 
+# ---- trainable state, whole or sharded ------------------------------------------------------------
+# torch's distributed state-dict API gathers and scatters FSDP2 shards (and is a plain copy otherwise);
+# under DeepSpeed (ZeRO-1/2/3) the values are its float32 masters, read and written through deepspeed.utils.
+def _engine(accelerator) -> str | None:
+    """'fsdp2' or 'deepspeed' when accelerate hands the model to one of them; None for one process or DDP."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        if not accelerator.is_fsdp2:
+            raise ConfigError("FSDP version 1 is not supported (it flattens parameters into one tensor per wrapped module)",
+                              where="accelerate config (fsdp_config.fsdp_version)",
+                              fix="set fsdp_version: 2, as examples/accelerate/fsdp.yaml does")
+        return "fsdp2"
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return "deepspeed"
+    return None
+
+
+def _deepspeed_managed(params) -> bool:
+    """DeepSpeed marks the parameters it keeps float32 masters of: ``ds_id`` (ZeRO-3) or ``_hp_mapping`` (ZeRO-1/2)."""
+    return any(hasattr(p, "ds_id") or getattr(p, "_hp_mapping", None) is not None for p in params)
+
+
+def _state_options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def trained_state(pm) -> dict[str, torch.Tensor]:
+    """The trainable parameters' full float32 values by name, as CPU copies. Collective when distributed: every process
+    calls it; the main one gets the values (under DDP and FSDP2 the others get an empty dict)."""
+    trainable = {n: p for n, p in pm.named_parameters() if p.requires_grad}
+    if _deepspeed_managed(trainable.values()):  # the optimizer's float32 masters, not the (maybe bf16) module copies
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        return {n: safe_get_full_fp32_param(p).detach().cpu().clone() for n, p in trainable.items()}
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    sd = get_model_state_dict(pm, options=_state_options(cpu_offload=True, ignore_frozen_params=True))
+    # (torch keeps the second name of a tied weight even when it is frozen: only the trainable names are kept)
+    return {k: v.detach().clone() for k, v in sd.items() if k in trainable}
+
+
+def restore_state(pm, values: dict[str, torch.Tensor]) -> None:
+    """Put values from :func:`trained_state` back (collective when distributed: the main process's values are sent)."""
+    import torch.distributed as dist
+
+    trainable = {n: p for n, p in pm.named_parameters() if p.requires_grad}
+    if _deepspeed_managed(trainable.values()):  # every process has the values here
+        from deepspeed.utils import safe_set_full_fp32_param
+
+        for n, v in values.items():
+            safe_set_full_fp32_param(trainable[n], v.to(trainable[n].device))
+        return
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    distributed = dist.is_available() and dist.is_initialized()
+    set_model_state_dict(pm, values, options=_state_options(strict=False, broadcast_from_rank0=distributed))
+
+
+def load_trained(pm, values: dict[str, torch.Tensor]) -> None:
+    """Copy full values by name into a whole (unsharded) model, e.g. :attr:`TrainResult.trained` into a model built
+    as the trained one was."""
+    own = dict(pm.named_parameters())
+    missing = sorted(set(values) - set(own))
+    if missing:
+        raise ConfigError(f"the trained state has parameters this model lacks: {missing[:5]}", where="load_trained",
+                          fix="build the model from the same config as the one that was trained")
+    with torch.no_grad():
+        for k, v in values.items():
+            own[k].copy_(v)
+
+
 # ---- checkpoint: safetensors + JSON, never pickle ------------------------------------------------
-def _save_checkpoint(ckpt: Path, state, params, names, optimizer, scheduler, best_params) -> None:
+_CHECKPOINT_FORMAT = 2  # 2: optimizer state keyed by parameter name (torch's distributed state-dict layout)
+
+
+def _save_checkpoint(ckpt: Path, state, pm, names, optimizer, scheduler, best, *, write: bool, with_optimizer: bool = True) -> None:
+    """Every process calls this (gathering a sharded state is collective); the one with ``write`` writes.
+
+    Under DeepSpeed the optimizer state stays out (its ZeRO partitions have no name-keyed form): a resumed run keeps
+    the parameters, the schedule, the data position and the best state, and restarts AdamW's moments."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    current = trained_state(pm)
+    opt = get_optimizer_state_dict(pm, _inner(optimizer), options=_state_options(cpu_offload=True)) if with_optimizer else None
+    if not write:
+        return
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=ckpt.parent, prefix=".checkpoint-"))
-    tensors = {f"param/{n}": p.detach().cpu().contiguous() for n, p in zip(names, params)}
-    if best_params is not None:
-        tensors.update({f"best/{n}": b.cpu().contiguous() for n, b in zip(names, best_params)})
-    opt = optimizer.state_dict()
-    for pid, st in opt["state"].items():
+    tensors = {f"param/{n}": v.contiguous() for n, v in current.items()}
+    if best is not None:
+        tensors.update({f"best/{n}": v.contiguous() for n, v in best.items()})
+    for name, st in (opt["state"] if opt else {}).items():
         for k, v in st.items():
-            tensors[f"optim/{pid}/{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
+            tensors[f"optim/{name}/{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
     tensors["rng/torch"] = torch.get_rng_state()
     save_file(tensors, str(tmp / "state.safetensors"))
-    meta = {"trainer": state, "param_groups": opt["param_groups"], "scheduler": scheduler.state_dict(),
-            "python_rng": _py_rng_to_json(random.getstate()), "names": names}
+    meta = {"format": _CHECKPOINT_FORMAT, "trainer": state, "param_groups": opt["param_groups"] if opt else None,
+            "scheduler": scheduler.state_dict(), "python_rng": _py_rng_to_json(random.getstate()), "names": names}
     (tmp / "trainer_state.json").write_text(json.dumps(meta, default=_json_default), encoding="utf-8")
     old = ckpt.with_name(ckpt.name + ".old")
     if ckpt.exists():
@@ -336,29 +443,54 @@ def _save_checkpoint(ckpt: Path, state, params, names, optimizer, scheduler, bes
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_checkpoint(ckpt: Path, params, names, optimizer, scheduler):
-    meta = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
-    if meta["names"] != names:
-        raise ConfigError("the checkpoint was written for other trainable parameters", where=str(ckpt),
-                          fix="resume with the same config, or delete the checkpoint directory")
-    t = load_file(str(ckpt / "state.safetensors"))
-    with torch.no_grad():
-        for n, p in zip(names, params):
-            p.copy_(t[f"param/{n}"])
-    best = [t[f"best/{n}"] for n in names] if f"best/{names[0]}" in t else None
-    opt_state: dict = {}
-    for k, v in t.items():
-        if k.startswith("optim/"):
-            _, pid, name = k.split("/", 2)
-            opt_state.setdefault(int(pid), {})[name] = v
-    sd = optimizer.state_dict()
-    sd["state"] = opt_state
-    sd["param_groups"] = [{**g, "params": old["params"]} for g, old in zip(meta["param_groups"], sd["param_groups"])]
-    optimizer.load_state_dict(sd)
-    scheduler.load_state_dict(meta["scheduler"])
-    torch.set_rng_state(t["rng/torch"])
-    random.setstate(_py_rng_from_json(meta["python_rng"]))
-    return meta["trainer"], best
+@dataclass
+class _Checkpoint:
+    """A checkpoint read back: parameters go into the whole model before ``accelerator.prepare``; the optimizer,
+    schedule and random state after it."""
+
+    path: Path
+    meta: dict
+    tensors: dict
+
+    @classmethod
+    def read(cls, ckpt: Path, names) -> "_Checkpoint":
+        meta = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+        if meta.get("format") != _CHECKPOINT_FORMAT:
+            raise ConfigError("the checkpoint was written by an older prompttune", where=str(ckpt),
+                              fix="delete the checkpoint directory and train again")
+        if meta["names"] != names:
+            raise ConfigError("the checkpoint was written for other trainable parameters", where=str(ckpt),
+                              fix="resume with the same config, or delete the checkpoint directory")
+        return cls(ckpt, meta, load_file(str(ckpt / "state.safetensors")))
+
+    def _part(self, prefix: str) -> dict:
+        return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
+
+    @property
+    def best(self) -> dict | None:
+        return self._part("best/") or None
+
+    def load_parameters(self, pm) -> None:
+        load_trained(pm, self._part("param/"))
+
+    def load_training(self, pm, optimizer, scheduler, *, with_optimizer: bool) -> None:
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        if with_optimizer and self.meta["param_groups"] is not None:
+            opt_state: dict = {}
+            for k, v in self._part("optim/").items():
+                name, key = k.rsplit("/", 1)
+                opt_state.setdefault(name, {})[key] = v
+            set_optimizer_state_dict(pm, _inner(optimizer), {"state": opt_state, "param_groups": self.meta["param_groups"]},
+                                     options=_state_options())
+        scheduler.load_state_dict(self.meta["scheduler"])
+        torch.set_rng_state(self.tensors["rng/torch"])
+        random.setstate(_py_rng_from_json(self.meta["python_rng"]))
+
+
+def _inner(optimizer):
+    """The torch optimizer inside accelerate's wrapper."""
+    return getattr(optimizer, "optimizer", optimizer)
 
 
 def _py_rng_to_json(st):
