@@ -134,7 +134,8 @@ def _launch_sharded(tmp_path: Path, engine: str, run_config: Path, *sets: str, o
     res = _launch([*args, "-o", str(out), "--json"], tmp_path, timeout=300,
                   extra_env={"ACCELERATE_USE_CPU": "1" if engine == "fsdp2" else "0"})  # DeepSpeed: its own CPU accelerator
     assert res.returncode == 0, res.stderr[-3000:]
-    results = [line for line in res.stdout.splitlines() if line.startswith("{")]  # DeepSpeed logs to stdout too
+    # (accelerate's launcher itself imports DeepSpeed for a DeepSpeed config, and DeepSpeed prints a line to stdout)
+    results = [line for line in res.stdout.splitlines() if line.startswith("{")]
     assert len(results) == 1, res.stdout[-2000:]  # only the main process prints the result
     return json.loads(results[0]), res
 
@@ -188,6 +189,27 @@ def test_sharded_full_finetuning_with_accumulation_and_clipping_matches_one_proc
     h1, h2 = one["training"]["history"], two["training"]["history"]
     assert [h["step"] for h in h1] == [h["step"] for h in h2] and all(abs(x["loss"] - y["loss"]) < 1e-5 for x, y in zip(h1, h2))
     assert h1[-1]["loss"] < h1[0]["loss"] - 0.5
+
+
+@pytest.mark.skipif(ACCELERATE is None, reason="the accelerate command is not installed")
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_sharded_full_finetuning_puts_back_an_earlier_best_state(tmp_path, run_config, engine, saved_tiny):
+    """lr 3 on every weight makes dev loss worse from the first step: the best state is the untrained model, so the
+    saved backbone must be the original weights. (Under FSDP2 this crashed: modules left unsharded by the last forward.)"""
+    from safetensors.torch import load_file
+
+    raw = yaml.safe_load(run_config.read_text())
+    raw["method"] = {"name": "prompt-finetune"}
+    raw["train"].update(lr=3, max_steps=6, eval_every=3)  # dev loss 1.415 -> 23.5 -> 19.0, measured
+    ft = tmp_path / "ft.yaml"
+    ft.write_text(yaml.safe_dump(raw))
+    one = _one_process(ft, tmp_path / "one", "train.batch_size=8")
+    two, _ = _launch_sharded(tmp_path, engine, ft, "train.batch_size=4", out=tmp_path / "two")
+    assert one["training"]["best_step"] == two["training"]["best_step"] == 0
+    original = load_file(str(Path(saved_tiny("llama")) / "model.safetensors"))
+    saved = load_file(str(tmp_path / "two" / "backbone" / "model.safetensors"))
+    assert all(torch.equal(saved[k], original[k]) for k in original if k in saved)
+    assert two["accuracy"] == one["accuracy"]
 
 
 @pytest.mark.skipif(ACCELERATE is None, reason="the accelerate command is not installed")

@@ -390,7 +390,11 @@ def restore_state(pm, values: dict[str, torch.Tensor]) -> None:
             safe_set_full_fp32_param(trainable[n], v.to(trainable[n].device))
         return
     from torch.distributed.checkpoint.state_dict import set_model_state_dict
+    from torch.distributed.fsdp import FSDPModule
 
+    for m in pm.modules():  # FSDP2 may have left modules unsharded after a forward: loading expects the shards
+        if isinstance(m, FSDPModule):
+            m.reshard()
     distributed = dist.is_available() and dist.is_initialized()
     set_model_state_dict(pm, values, options=_state_options(strict=False, broadcast_from_rank0=distributed))
 
