@@ -48,14 +48,18 @@ def _files(d: Path) -> set[str]:
     return {str(p.relative_to(d)) for p in d.rglob("*")}
 
 
+def _one_process(run_config: Path, out: Path, *sets: str) -> dict:
+    from prompttune.config import load_config
+    from prompttune.pipeline import run_training
+
+    return run_training(load_config(run_config, [*sets, f"output={out}"]), progress=False, log=lambda m: None)
+
+
 @pytest.mark.skipif(ACCELERATE is None, reason="the accelerate command is not installed")
 def test_two_processes_match_one_with_the_same_global_batch_and_only_rank0_writes(tmp_path, run_config):
     from safetensors.torch import load_file
 
-    from prompttune.config import load_config
-    from prompttune.pipeline import run_training
-
-    one = run_training(load_config(run_config, ["train.batch_size=8", f"output={tmp_path / 'one'}"]), progress=False, log=lambda m: None)
+    one = _one_process(run_config, tmp_path / "one", "train.batch_size=8")
 
     work = tmp_path / "launch"
     work.mkdir()
@@ -82,27 +86,21 @@ def test_two_processes_match_one_with_the_same_global_batch_and_only_rank0_write
 
 
 def test_a_multi_process_launch_that_accelerate_sees_as_one_process_is_refused(monkeypatch, tmp_path, run_config):
-    from prompttune.config import load_config
     from prompttune.errors import ConfigError
-    from prompttune.pipeline import run_training
 
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it, without a process group accelerate can use
     monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     with pytest.raises(ConfigError, match="ACCELERATE_USE_CPU=1"):
-        run_training(load_config(run_config, [f"output={tmp_path / 'x'}"]), progress=False, log=lambda m: None)
+        _one_process(run_config, tmp_path / "x")
 
 
 def test_bf16_mixed_precision_trains_and_saves_float32_prompt_rows(tmp_path, run_config):
     from safetensors.torch import load_file
 
-    from prompttune.config import load_config
-    from prompttune.pipeline import run_training
-
     # a full-precision run first: accelerate keeps one state per process, and a later run may ask for another precision
-    run_training(load_config(run_config, ["train.max_steps=2", f"output={tmp_path / 'fp32'}"]), progress=False, log=lambda m: None)
-    res = run_training(load_config(run_config, ["train.mixed_precision=bf16", "train.max_steps=20", f"output={tmp_path / 'bf16'}"]),
-                       progress=False, log=lambda m: None)
+    _one_process(run_config, tmp_path / "fp32", "train.max_steps=2")
+    res = _one_process(run_config, tmp_path / "bf16", "train.mixed_precision=bf16", "train.max_steps=20")
     h = res["training"]["history"]
     assert min(x["loss"] for x in h[1:]) < h[0]["loss"] - 0.1  # measured on CPU autocast: 1.08 -> 0.89
     t = load_file(str(tmp_path / "bf16" / "prompt.safetensors"))
@@ -146,13 +144,6 @@ def _max_diff(a: Path, b: Path) -> float:
     x, y = load_file(str(a)), load_file(str(b))
     assert set(x) == set(y) and all(v.dtype == torch.float32 for v in y.values())
     return max((x[k] - y[k]).abs().max().item() for k in x)
-
-
-def _one_process(run_config: Path, out: Path, *sets: str) -> dict:
-    from prompttune.config import load_config
-    from prompttune.pipeline import run_training
-
-    return run_training(load_config(run_config, [*sets, f"output={out}"]), progress=False, log=lambda m: None)
 
 
 @pytest.mark.skipif(ACCELERATE is None, reason="the accelerate command is not installed")

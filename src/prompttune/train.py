@@ -452,7 +452,6 @@ class _Checkpoint:
     """A checkpoint read back: parameters go into the whole model before ``accelerator.prepare``; the optimizer,
     schedule and random state after it."""
 
-    path: Path
     meta: dict
     tensors: dict
 
@@ -465,7 +464,7 @@ class _Checkpoint:
         if meta["names"] != names:
             raise ConfigError("the checkpoint was written for other trainable parameters", where=str(ckpt),
                               fix="resume with the same config, or delete the checkpoint directory")
-        return cls(ckpt, meta, load_file(str(ckpt / "state.safetensors")))
+        return cls(meta, load_file(str(ckpt / "state.safetensors")))
 
     def _part(self, prefix: str) -> dict:
         return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
