@@ -53,7 +53,8 @@ def test_train_eval_predict_from_a_config_file(monkeypatch, capsys, workdir):
     for name in ("prompt.json", "prompt.safetensors", "metrics.json", "report.md", "confusion_matrix.png", "training_curve.png",
                  "config.yaml"):
         assert (out_dir / name).exists(), name
-    assert not (out_dir / "checkpoint").exists()  # removed once training finished
+    assert not (out_dir / "checkpoint").exists() and not (out_dir.parent / f".{out_dir.name}.resume").exists()  # removed once done
+    assert not [p for p in out_dir.parent.iterdir() if p.name.startswith(f".{out_dir.name}.")]  # no staging directory left
     assert res["n"] == 20 and 0 <= res["accuracy"] <= 1 and "zero_shot" in res
     assert res["trainable_parameters"] == 4 * 32
     assert "train.seed" not in out and "seed: 3" in (out_dir / "config.yaml").read_text()
@@ -80,7 +81,8 @@ def test_train_eval_predict_from_a_config_file(monkeypatch, capsys, workdir):
     (["train", "{cfg}", "--set", "prompt.template=Review: {{text} {mask}"], "template column"),
     (["train", "{cfg}", "--set", "prompt.template={text} no mask here"], "no {mask}"),
     (["train", "{cfg}", "--set", "prompt.template={review} {mask}"], "not a column"),
-    (["train", "{cfg}", "--set", "prompt.verbalizer={negative: bad}"], "not in the verbalizer"),
+    (["train", "{cfg}", "--set", "prompt.verbalizer={negative: bad, neutral: meh}"], "not in the verbalizer"),
+    (["train", "{cfg}", "--set", "prompt.verbalizer={negative: bad}"], "has one label"),
     (["train", "{cfg}", "--set", "method.name=magic"], "unknown method"),
     (["eval", "{tmp}", "--data", "movie-reviews"], "not a prompttune artifact"),
     (["predict", "{tmp}", "x"], "not a prompttune artifact"),
@@ -103,13 +105,13 @@ def test_with_json_stdout_holds_only_the_json_even_when_a_library_prints_there(m
     """DeepSpeed's logger prints to stdout when it is imported (transformers imports it to save a trained backbone)."""
     import prompttune.pipeline as pipeline
 
-    real_save = pipeline.save
+    real_save = pipeline.write_artifact
 
     def chatty_save(*args, **kw):
         print("[2026-11-29 03:09:09] [WARNING] [real_accelerator.py:213:get_accelerator] Setting accelerator to CPU.")
         return real_save(*args, **kw)
 
-    monkeypatch.setattr(pipeline, "save", chatty_save)
+    monkeypatch.setattr(pipeline, "write_artifact", chatty_save)
     code, out, err = run(monkeypatch, capsys, "train", workdir / "run.yaml", "--json")
     assert code == 0, err
     assert json.loads(out)["n"] == 20  # the whole of stdout is one JSON object

@@ -208,9 +208,9 @@ def test_sharded_full_finetuning_puts_back_an_earlier_best_state(tmp_path, run_c
 def test_an_interrupted_sharded_run_resumes(tmp_path, run_config, engine):
     one = _one_process(run_config, tmp_path / "one", "train.batch_size=8")
     _launch_sharded(tmp_path, engine, run_config, "train.batch_size=4", "train.stop_after=5", out=tmp_path / "two")
-    assert (tmp_path / "two" / "checkpoint" / "state.safetensors").exists()
+    assert (tmp_path / ".two.resume" / "checkpoint" / "state.safetensors").exists()  # beside the output, not in it
     two, res = _launch_sharded(tmp_path, engine, run_config, "train.batch_size=4", "train.resume=true", out=tmp_path / "two")
-    assert not (tmp_path / "two" / "checkpoint").exists()  # finished: the checkpoint is gone
+    assert not (tmp_path / ".two.resume").exists()  # finished: the checkpoint is gone
     h1, h2 = one["training"]["history"], two["training"]["history"]
     assert [h["step"] for h in h2] == [0, 5, 10] and two["training"]["steps"] == 10
     if engine == "fsdp2":  # the optimizer state is gathered into the checkpoint and scattered back: as if never stopped

@@ -188,8 +188,9 @@ def test_prefix_trains_for_generation_and_generates_batched_with_the_cache(kind)
     gm = GenerationModel(tiny_backbone(kind), "copy: {src} =>", target="tgt", method="prefix", method_options={"num_tokens": 4})
     train, dev = copy_rows(64, 0), copy_rows(16, 1)
     before = gm.loss_on(dev)
-    gm.fit(train, dev, max_steps=40, lr=3e-2, progress=False, eval_every=20)
-    assert gm.loss_on(dev) < 0.95 * before
+    gm.fit(train, dev, max_steps=40, lr=0.1, progress=False, eval_every=20)
+    # measured over init seeds 0-4: dev loss after / before llama 0.71-0.84, gpt2 0.72-0.81, t5 0.50-0.62
+    assert gm.loss_on(dev) < 0.9 * before
     cached = gm.generate(SOURCES, max_new_tokens=6, batch_size=4)
     assert cached == gm.generate(SOURCES, max_new_tokens=6, batch_size=4, use_cache=False)
     assert cached == [gm.generate([r], max_new_tokens=6)[0] for r in SOURCES]

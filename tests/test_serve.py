@@ -198,10 +198,48 @@ def test_artifacts_of_another_backbone_or_a_trained_backbone_are_refused(saved_t
 @pytest.fixture()
 def client(saved_tiny, artifacts):
     eng = _engine(saved_tiny("llama"), artifacts, max_batch=8, max_wait_ms=2)
-    with TestClient(create_app(eng, max_body_bytes=4000, max_inputs=5)) as c:
+    with TestClient(create_app(eng, max_body_bytes=4000, max_inputs=5, allow_admin=True)) as c:
         c.engine = eng
         yield c
     eng.close()
+
+
+def test_admin_routes_are_off_by_default_and_say_how_to_turn_them_on(saved_tiny, artifacts):
+    eng = _engine(saved_tiny("llama"), {"sst": artifacts["sst"]})
+    with TestClient(create_app(eng)) as c:
+        for r in (c.post("/v1/tasks", json={"path": str(artifacts["topic"]), "name": "topic"}), c.delete("/v1/tasks/sst")):
+            assert r.status_code == 403, r.text
+            assert "off" in r.json()["detail"] and "--admin" in r.json()["fix"]
+        assert [t["name"] for t in c.get("/v1/tasks").json()["tasks"]] == ["sst"]  # nothing was loaded or removed
+        paths = c.get("/openapi.json").json()["paths"]
+        assert "post" not in paths["/v1/tasks"] and "delete" not in paths["/v1/tasks/{task}"]
+    with TestClient(create_app(eng, api_key="k", allow_admin=True)) as c:  # on, behind the key like every route
+        assert c.post("/v1/tasks", json={"path": str(artifacts["topic"])}).status_code == 401
+        r = c.post("/v1/tasks", json={"path": str(artifacts["topic"]), "name": "topic"}, headers={"Authorization": "Bearer k"})
+        assert r.status_code == 201 and r.json()["name"] == "topic"
+        assert c.delete("/v1/tasks/topic", headers={"Authorization": "Bearer k"}).json() == {"removed": "topic"}
+    eng.close()
+
+
+@pytest.mark.parametrize("flag,status", [([], 403), (["--admin"], 201)])
+def test_prompttune_serve_turns_admin_routes_on_only_with_the_admin_flag(artifacts, monkeypatch, flag, status):
+    from typer.testing import CliRunner
+
+    import prompttune.serve.app as app_mod
+    from prompttune.cli import app as cli_app
+
+    seen = {}
+
+    def fake_serve(engine, *, host, port, on_shutdown, **kw):
+        with TestClient(create_app(engine, **kw)) as c:
+            seen["add"] = c.post("/v1/tasks", json={"path": str(artifacts["topic"]), "name": "topic"}).status_code
+        engine.close()
+
+    monkeypatch.setattr(app_mod, "serve", fake_serve)
+    res = CliRunner().invoke(cli_app, ["serve", str(artifacts["sst"]), *flag])
+    assert res.exit_code == 0, res.output
+    assert seen["add"] == status
+    assert ("admin routes on" in res.output) == bool(flag)
 
 
 def test_http_lists_tasks_with_labels_and_metadata(client):
@@ -344,7 +382,7 @@ def test_metrics_count_requests_batches_latency_and_reused_tokens(client):
     assert reused == 6 * client.engine.tasks["sst"].describe()["cached_prefix_tokens"]
 
 
-def test_openapi_schema_lists_every_route(client):
+def test_openapi_schema_lists_every_route(client):  # the client has the admin routes on
     spec = client.get("/openapi.json").json()
     paths = spec["paths"]
     for p, m in [("/health", "get"), ("/metrics", "get"), ("/v1/tasks", "get"), ("/v1/tasks", "post"), ("/v1/tasks/{task}", "get"),

@@ -57,8 +57,10 @@ def test_soft_prompt_trains_on_every_lm_family(kind):
     rows = toy_rows(24, seed=4)
     y = pm.labels_tensor(rows)
     loss0 = float(torch.nn.functional.nll_loss(pm.predict_log_probs(rows), y))
-    pm.fit(rows, None, lr=0.05, max_steps=25, **FAST)
-    assert float(torch.nn.functional.nll_loss(pm.predict_log_probs(rows), y)) < loss0
+    pm.fit(rows, None, lr=0.1, max_steps=50, **FAST)
+    # measured over init seeds 0-4 (tiny_backbone(kind, seed=s)), the same under ATEN_CPU_CAPABILITY=default/avx2/avx512:
+    # loss after / before gpt2 0.58-0.64, bert-mlm 0.36-0.91, t5 0.03-0.17
+    assert float(torch.nn.functional.nll_loss(pm.predict_log_probs(rows), y)) < 0.95 * loss0
 
 
 @pytest.mark.parametrize("encoder", ["mlp", "lstm"])

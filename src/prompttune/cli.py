@@ -52,12 +52,17 @@ def _root(debug: bool = typer.Option(False, "--debug", help="show full traceback
 def train(config: Optional[Path] = typer.Argument(None, help="YAML config (see examples/); defaults apply to missing keys"),
           set_: List[str] = typer.Option([], "--set", help="override a config key, e.g. --set train.lr=0.01 (repeatable)"),
           output: Optional[Path] = typer.Option(None, "--output", "-o", help="output directory (config key: output)"),
+          overwrite: bool = typer.Option(False, "--overwrite", help="replace an output directory that holds files prompttune "
+                                         "did not write (config key: overwrite)"),
           json_out: bool = typer.Option(False, "--json", help="print the metrics as one JSON object")) -> None:
-    """Train + validate: writes the artifact, metrics.json and report.md into the output directory."""
+    """Train + validate: writes the artifact, metrics.json and report.md into the output directory.
+
+    The output directory is replaced whole when the run is done (built beside it, then swapped in): a crash or a
+    failed run leaves the previous run as it was."""
     from .config import load_config
     from .pipeline import run_training
 
-    overrides = list(set_) + ([f"output={output}"] if output else [])
+    overrides = list(set_) + ([f"output={output}"] if output else []) + (["overwrite=true"] if overwrite else [])
     cfg = load_config(config, overrides)
     res = run_training(cfg, log=_say)
     if not res.get("main_process", True):  # under accelerate launch only the main process reports
@@ -76,12 +81,15 @@ def eval_(directory: Path = typer.Argument(..., help="artifact directory written
           data: str = typer.Option(..., "--data", help="labelled file (.csv/.tsv/.jsonl) or built-in corpus (its test split)"),
           column: List[str] = typer.Option([], "--column", help="map a template field to a column: FIELD=COLUMN (repeatable)"),
           label_column: str = typer.Option("label", "--label-column", help="label column of the data"),
-          limit: Optional[int] = typer.Option(None, "--limit", help="evaluate the first N examples only"),
+          limit: Optional[int] = typer.Option(None, "--limit", help="evaluate the first N examples only (N >= 1)"),
           batch_size: int = typer.Option(16, "--batch-size", help="evaluation batch size"),
           with_: List[Path] = typer.Option([], "--with", help="another artifact to ensemble with (probabilities averaged; repeatable)"),
           json_out: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
     """Evaluate an artifact: accuracy, macro-F1, per-class scores, examples per second (generation: ROUGE, BLEU, chrF, tokens/s)."""
     from .pipeline import evaluate_artifact
+
+    _at_least(limit, 1, "--limit", "give --limit N with N >= 1, or leave --limit out to evaluate every example")
+    _at_least(batch_size, 1, "--batch-size")
 
     if with_:
         from .ensemble import evaluate_ensemble
@@ -116,6 +124,8 @@ def predict(directory: Path = typer.Argument(..., help="artifact directory; furt
     from .artifact import load
     from .data import read_file
 
+    _at_least(max_new_tokens, 1, "--max-new-tokens")
+    _at_least(num_beams, 1, "--num-beams")
     inputs: list = list(text or [])
     if input_:
         inputs += read_file(input_, require_label=False)
@@ -132,6 +142,7 @@ def predict(directory: Path = typer.Argument(..., help="artifact directory; furt
             overrides["do_sample"] = True
         if stop:
             overrides["stop"] = list(stop)
+        _check_generation_options(pm, overrides)
         for x, out in zip(inputs, pm.generate(inputs, **overrides)):
             _out(json.dumps({"input": x, "output": out}, ensure_ascii=False) if json_out else out)
         return
@@ -284,9 +295,19 @@ def serve(directories: List[Path] = typer.Argument(..., help="artifact directori
           max_inputs: int = typer.Option(256, "--max-inputs", help="most inputs in one request (413 beyond)"),
           max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", help="largest request body (413 beyond)"),
           no_prefix_cache: bool = typer.Option(False, "--no-prefix-cache", help="recompute the prompt prefix for every request"),
-          no_admin: bool = typer.Option(False, "--no-admin", help="disable adding / removing artifacts over HTTP")) -> None:
+          admin: bool = typer.Option(False, "--admin/--no-admin", help="enable POST /v1/tasks and DELETE /v1/tasks/{task}, which "
+                                     "load / unload artifacts at run time from any path the server can read (off by default; "
+                                     "with --api-key they need the key)")) -> None:
     """Serve many tuned prompts on one frozen backbone over HTTP (needs the serve extra: fastapi, uvicorn)."""
     from .serve.engine import ServeEngine
+
+    if not 0 <= port <= 65535:
+        raise PromptTuneError(f"--port {port} is not a TCP port", where="--port", fix="give a port from 1 to 65535 (0: any free port)")
+    for value, low, option in ((max_batch, 1, "--max-batch"), (max_queue, 1, "--max-queue"), (max_inputs, 1, "--max-inputs"),
+                               (max_body_bytes, 1, "--max-body-bytes"), (max_wait_ms, 0, "--max-wait-ms")):
+        _at_least(value, low, option)
+    if api_key is not None and not api_key.strip():
+        raise PromptTuneError("--api-key is empty", where="--api-key", fix="give a non-empty key, or leave --api-key out")
 
     try:
         from .serve.app import serve as run_server
@@ -301,8 +322,11 @@ def serve(directories: List[Path] = typer.Argument(..., help="artifact directori
             else f"generates {d.get('target')!r} from {d.get('fields')}"
         _say(f"task {name}: {t.kind}, {what}")
     _say(f"serving {len(engine.tasks)} task(s) on {engine.backbone.name} at http://{host}:{port} (docs at /docs)")
+    if admin:
+        _say("admin routes on: POST /v1/tasks and DELETE /v1/tasks/{task} load / unload artifacts from any path this server can read"
+             + ("" if api_key else "; no --api-key is set, so any client that reaches the port can use them"))
     run_server(engine, host=host, port=port, api_key=api_key, max_inputs=max_inputs, max_body_bytes=max_body_bytes,
-               allow_admin=not no_admin, on_shutdown=lambda: _say(engine.stats.summary()))
+               allow_admin=admin, on_shutdown=lambda: _say(engine.stats.summary()))
 
 
 @app.command("list")
@@ -347,6 +371,38 @@ def _leading(items, test) -> list:
     return out
 
 
+def _at_least(value, low, option: str, fix: str | None = None) -> None:
+    """A numeric option below its least value is refused (None: not given)."""
+    if value is not None and not (low <= value < float("inf")):
+        raise PromptTuneError(f"{option} {value} is below {low}" if not value >= low else f"{option} {value} is not a finite number",
+                              where=option, fix=fix or f"give {option} {low} or more")
+
+
+def _check_generation_options(pm, overrides: dict) -> None:
+    """Decoding options from the command line against GenerateConfig's ranges (max_new_tokens <= 4096, ...)."""
+    if not overrides:
+        return
+    from pydantic import ValidationError
+
+    from .errors import ConfigError, validation_summary
+    from .generation import GenerateConfig
+
+    try:
+        GenerateConfig.model_validate({**pm.generation.model_dump(), **overrides})
+    except ValidationError as e:
+        raise ConfigError(f"bad decoding option: {validation_summary(e)}", where="predict",
+                          fix="see `prompttune predict --help` for --max-new-tokens, --num-beams, --stop") from None
+
+
+def _usage_error(e) -> None:
+    """A command-line usage error (unknown option, bad value, missing argument) as one ``error:`` paragraph."""
+    ctx = getattr(e, "ctx", None)
+    cmd = ctx.command_path if ctx is not None else "prompttune"
+    msg = " ".join(e.format_message().split())
+    print(f"error: {cmd}: {msg} Fix: see `{cmd} --help`", file=sys.stderr)
+    sys.exit(e.exit_code or 2)
+
+
 def main() -> None:
     if "--json" not in sys.argv[1:]:
         return _run()
@@ -382,9 +438,14 @@ def _run() -> None:
     except Exception as e:
         import click
 
-        if isinstance(e, click.exceptions.ClickException):
+        if isinstance(e, click.exceptions.NoArgsIsHelpError):
             e.show()
             sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.UsageError):
+            _usage_error(e)
+        if isinstance(e, click.exceptions.ClickException):
+            print(f"error: {' '.join(e.format_message().split())}", file=sys.stderr)
+            sys.exit(e.exit_code or 1)
         if isinstance(e, click.exceptions.Abort):
             sys.exit(1)
         if _state["debug"]:

@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .demonstrations import DemonstrationConfig
-from .errors import ConfigError
+from .errors import ConfigError, PromptTuneError
 from .generation import GenerateConfig
 from .train import TrainConfig
 
@@ -68,6 +68,22 @@ class MethodConfig(BaseModel):
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
+    @model_validator(mode="after")
+    def _known(self):
+        # A method's options are checked here, before any model or data loads (and named with --set / the file).
+        from .errors import validation_summary
+        from .methods import METHODS
+
+        cls = METHODS.get(self.name)
+        if cls is None:
+            raise ValueError(f"unknown method {self.name!r}; use one of: {', '.join(METHODS)}")
+        try:
+            cls.Options(**self.options())
+        except ValidationError as e:
+            raise ValueError(f"bad options for method {self.name!r}: {validation_summary(e)} (its options: "
+                             f"{', '.join(cls.Options.model_fields) or 'none'})") from None
+        return self
+
 
 class DataConfig(_Section):
     train: str = Field("movie-reviews", description="train file (.csv/.tsv/.jsonl) or built-in corpus name")
@@ -93,6 +109,7 @@ class RunConfig(_Section):
     generation: GenerateConfig = Field(default_factory=GenerateConfig)
     zero_shot_baseline: bool = Field(False, description="also evaluate the hand-written prompt untrained, for comparison")
     output: str = Field("runs/latest", description="output directory for the artifact, metrics.json and report.md")
+    overwrite: bool = Field(False, description="replace an output directory that holds files prompttune did not write")
 
 
 def _set_path(d: dict, dotted: str, value: Any, where: str) -> None:
@@ -115,20 +132,36 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if path is not None:
         where = str(path)
         p = Path(path)
+        try:
+            p.exists()
+        except (OSError, ValueError) as e:  # a path the OS refuses outright (too long, a NUL byte)
+            raise ConfigError(f"the config path cannot be used ({getattr(e, 'strerror', None) or e})", where=str(p)[:200],
+                              fix="check the path") from None
+        if p.is_dir():
+            raise ConfigError(f"{p} is a directory, not a config file", where=str(p), fix="give a YAML file, e.g. examples/sentiment.yaml")
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist", where=str(p), fix="check the path")
         try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            raw = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             loc = f"{p}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(p)
             raise ConfigError(f"not valid YAML: {getattr(e, 'problem', e)}", where=loc, fix="fix the YAML syntax there") from None
         except UnicodeDecodeError:
             raise ConfigError("not UTF-8", where=str(p), fix="save the config as UTF-8") from None
+        except RecursionError:
+            raise ConfigError("the YAML is nested too deeply", where=str(p), fix="write the config as flat sections (see examples/*.yaml)") from None
+        except OSError as e:
+            raise ConfigError(f"cannot read the config ({e.strerror or e})", where=str(p), fix="check the path and its permissions") from None
+        raw = {} if raw is None else raw
         if not isinstance(raw, dict):
-            raise ConfigError("the config must be a mapping of sections (model, prompt, method, data, train)", where=str(p),
-                              fix="see examples/*.yaml")
-    return _validate(_apply(raw, overrides), where)
+            raise ConfigError(f"the config must be a mapping of sections (model, prompt, method, data, train), not a {_kind(raw)}",
+                              where=str(p), fix="write `section:` lines with `key: value` under them; see examples/*.yaml")
+        bad = [k for k in raw if not isinstance(k, str)]
+        if bad:
+            raise ConfigError(f"section names are text; {bad[0]!r} is a {_kind(bad[0])}", where=str(p),
+                              fix="use the sections model, prompt, method, data, train, generation (see examples/*.yaml)")
+    return _validate(_apply(raw, overrides), where, overrides=overrides)
 
 
 def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
@@ -136,28 +169,143 @@ def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     return _validate(_apply(cfg.model_dump(mode="json"), overrides), "overrides")
 
 
+def _kind(x) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(x), type(x).__name__)
+
+
 def _apply(raw: dict, overrides: list[str] | None) -> dict:
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set {item!r} has no '='", where="--set", fix="write --set section.key=value")
         key, _, value = item.partition("=")
-        try:
-            parsed = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            parsed = value
-        _set_path(raw, key.strip(), parsed, f"--set {item}")
+        _set_path(raw, key.strip(), _parse_value(key.strip(), value), f"--set {item}")
     return raw
 
 
-def _validate(raw: dict, where: str) -> RunConfig:
+def _parse_value(key: str, text: str) -> Any:
+    """A ``--set`` value: YAML (numbers, booleans, lists, mappings), except where the key's field wants text and the
+    YAML reading is not what it takes: ``--set prompt.verbalizer.negative=no`` keeps the word "no" (YAML: false),
+    ``--set model.revision=2024-01-01`` keeps the string (YAML: a date)."""
+    if not text.strip():
+        return ""
     try:
-        return RunConfig.model_validate(raw)
+        parsed = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError):
+        return text
+    if isinstance(parsed, str):
+        return parsed
+    types = _field_types(key.split("."))
+    if not types or _accepts(types, parsed):
+        return parsed
+    try:  # the same structure with every scalar kept as written ({negative: no} -> {"negative": "no"})
+        literal = yaml.load(text, Loader=yaml.BaseLoader)
+    except (yaml.YAMLError, RecursionError):
+        literal = text
+    for candidate in (literal, text):
+        if _accepts(types, candidate):
+            return candidate
+    return parsed
+
+
+def _members(ann) -> list:
+    import types
+    import typing
+
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        return [m for a in typing.get_args(ann) for m in _members(a)]
+    return [ann]
+
+
+def _field_types(keys: list[str]) -> list:
+    """The annotations a dotted key has in RunConfig (several through unions; [] where the schema is open or unknown)."""
+    import typing
+
+    anns: list = [RunConfig]
+    for k in keys:
+        nxt = []
+        for ann in anns:
+            for m in _members(ann):
+                if isinstance(m, type) and issubclass(m, BaseModel):
+                    f = m.model_fields.get(k)
+                    if f is not None:
+                        nxt.append(f.annotation)
+                elif typing.get_origin(m) is dict and len(typing.get_args(m)) == 2:
+                    nxt.append(typing.get_args(m)[1])
+        anns = nxt
+        if not anns:
+            return []
+    return anns
+
+
+def _accepts(types: list, value) -> bool:
+    from pydantic import TypeAdapter
+
+    for t in types:
+        try:
+            TypeAdapter(t).validate_python(value)
+            return True
+        except Exception:
+            continue
+    return False
+
+
+def _blame(loc: tuple, overrides: list[str]) -> str | None:
+    """The ``--set`` item an error at ``loc`` comes from (its key is a prefix of loc, union tags skipped), if any."""
+    for item in reversed(overrides):  # the last --set of a key wins
+        keys = item.partition("=")[0].strip().split(".")
+        i = 0
+        for part in loc:
+            if i < len(keys) and str(part) == keys[i]:
+                i += 1
+            elif i == 0:
+                break
+        # the error is at or inside the key set, or at the section (or unknown key) the set key lies in
+        if i == len(keys) or (0 < i == len(loc)):
+            return f"--set {item}"
+    return None
+
+
+def _validate(raw: dict, where: str, *, overrides: list[str] | None = None) -> RunConfig:
+    overrides = [o for o in overrides or [] if "=" in o]
+    try:
+        cfg = RunConfig.model_validate(raw)
     except ValidationError as e:
-        lines = []
+        lines, sources = [], []
         for err in e.errors():
             loc = ".".join(str(x) for x in err["loc"])
-            lines.append(f"{loc}: {err['msg']}")
-        raise ConfigError("; ".join(lines), where=where, fix="see `prompttune train --help` and examples/*.yaml for valid keys") from None
+            src = _blame(tuple(err["loc"]), overrides)
+            sources.append(src or where)
+            lines.append((f"{loc}: {str(err['msg']).removeprefix('Value error, ')}", src))
+        blamed = sorted(set(sources))
+        at = blamed[0] if len(blamed) == 1 else where
+        what = "; ".join(line + (f" (from {src})" if src and src != at else "") for line, src in lines)
+        fix = "see `prompttune train --help` and examples/*.yaml for valid keys"
+        if at.startswith("--set"):
+            fix = "correct the value (--set section.key=value; quote text that YAML reads as another type, e.g. --set 'k=\"no\"')" \
+                  "; " + fix
+        raise ConfigError(what, where=at, fix=fix) from None
+    except PromptTuneError as e:  # a template that does not parse, raised by a field validator
+        src = next((s for o in reversed(overrides) if (s := _blame(("prompt", "template"), [o]) or _blame(("prompt", "target"), [o]))),
+                   None)
+        raise type(e)(e.what, where=f"{src or where}: {e.where}" if e.where else (src or where), fix=e.fix) from None
+    _check_finite(cfg.model_dump(), (), where, overrides)
+    return cfg
+
+
+def _check_finite(x, path: tuple, where: str, overrides: list[str]) -> None:
+    """inf / nan reach a float field through YAML (.inf, .nan) or a string such as 1e999: refuse them by name."""
+    import math
+
+    if isinstance(x, float) and not math.isfinite(x):
+        key = ".".join(map(str, path))
+        raise ConfigError(f"{key}: {x} is not a finite number", where=_blame(path, overrides) or where,
+                          fix=f"give {key} a finite value")
+    if isinstance(x, dict):
+        for k, v in x.items():
+            _check_finite(v, (*path, k), where, overrides)
+    elif isinstance(x, list):
+        for i, v in enumerate(x):
+            _check_finite(v, (*path, i), where, overrides)
 
 
 def dump_config(cfg: RunConfig) -> str:

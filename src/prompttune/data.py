@@ -466,6 +466,9 @@ def _json_row(obj: object, where: str, mapping: Mapping[str, str], label_column:
         raise DataError(f"expected a JSON object, got {type(obj).__name__ if obj is not None else 'null'}",
                         where=where, fix=hint)
     raw = {k: s for k, v in obj.items() if (s := _json_str(v)) is not None}
+    from .template import check_input_texts
+
+    check_input_texts(raw, where, error=DataError)  # a JSON \ud800 escape decodes to a lone surrogate
     return _shape(raw, mapping, label_column, require_label, where)
 
 
@@ -506,6 +509,15 @@ def _read_json_array(text: str, name: str, mapping: Mapping[str, str], label_col
             for i, obj in enumerate(items, start=1)]
 
 
+def _check_usable_path(file: Path, name: str) -> None:
+    """A path the OS refuses outright (too long, a NUL byte) is a DataError, not an OSError from a stat."""
+    try:
+        file.exists()
+    except (OSError, ValueError) as exc:
+        raise DataError(f"the path cannot be used ({getattr(exc, 'strerror', None) or exc})", where=name[:200],
+                        fix="check the path (its length and characters)") from None
+
+
 def read_file(path: str | os.PathLike, *, columns: Mapping[str, str] | None = None,
               label_column: str = "label", require_label: bool = True) -> list[Row]:
     """Read rows from a ``.csv``, ``.tsv``, ``.jsonl`` or ``.json`` (JSON lines or array) file.
@@ -520,6 +532,7 @@ def read_file(path: str | os.PathLike, *, columns: Mapping[str, str] | None = No
     if suffix not in FILE_SUFFIXES:
         raise DataError(f"unsupported file type {suffix or '(no extension)'!r}", where=name,
                         fix=f"save the data as one of {', '.join(FILE_SUFFIXES)} and name it so")
+    _check_usable_path(file, name)
     if not file.exists():
         raise DataError("no such file", where=name, fix="check the path")
     text = _decode(file, name)
@@ -546,6 +559,7 @@ def load_rows(spec: str | os.PathLike, *, split: str = "train", columns: Mapping
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}", where=name, fix="use split='train' or split='test'")
     file = Path(os.path.expanduser(name))
+    _check_usable_path(file, name)
     if file.is_file():
         return read_file(name, columns=columns, label_column=label_column, require_label=require_label)
     if name.startswith(HK_EN_ZH + ":"):

@@ -79,10 +79,10 @@ class Ensemble:
 
     def predict(self, inputs: Iterable, *, batch_size: int = 16) -> list[dict]:
         rows = []
-        for x in inputs:  # a bare string fills each member's one field, whatever its name
+        for i, x in enumerate(inputs):  # a bare string fills each member's one field, whatever its name
             row: dict = {}
             for m in self.models:
-                row.update(m._as_row(x))
+                row.update(m._as_row(x, i))
             rows.append(row)
         probs = self.predict_log_probs(rows, batch_size=batch_size).exp()
         return [{"label": self.labels[int(p.argmax())], "probabilities": {l: round(float(v), 6) for l, v in zip(self.labels, p)}}

@@ -41,3 +41,17 @@ class ArtifactError(PromptTuneError):
 
 class BackboneError(PromptTuneError):
     """A model that cannot be loaded or used as asked."""
+
+
+def validation_summary(e) -> str:
+    """A pydantic ValidationError as one line: ``loc: message; loc: message`` (no URLs, no input dumps)."""
+    try:
+        errs = e.errors()
+    except Exception:  # not a pydantic error
+        return " ".join(str(e).split())
+    parts = []
+    for err in errs:
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        msg = " ".join(str(err.get("msg", "")).split())
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts) or " ".join(str(e).split())

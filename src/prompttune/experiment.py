@@ -39,7 +39,8 @@ import yaml
 
 from .config import RunConfig, _validate
 from .errors import ConfigError, PromptTuneError
-from .report import _atomic_write_bytes, _atomic_write_text, _md_table, write_json
+from .files import atomic_write_bytes, atomic_write_text, write_json
+from .report import md_table
 
 AXES = ("methods", "models", "shots", "seeds")
 OPTIONS = ("keep_backbones",)
@@ -260,7 +261,7 @@ def run_cell(cell: Cell, root: Path, *, keep_backbones: bool = False, progress: 
     res = run_training(cell.config, progress=progress, log=lines.append)
     if not main:  # under accelerate launch the other processes train their shares; rank 0 records
         return {"cell": cell.key, "main_process": False}
-    _atomic_write_text(d / "train.log", "\n".join(lines) + "\n")
+    atomic_write_text(d / "train.log", "\n".join(lines) + "\n")
     if not keep_backbones and (d / "backbone").is_dir():
         shutil.rmtree(d / "backbone")  # a fine-tuned copy of the whole model per cell adds up fast
     rec = {"cell": cell.key, "model": cell.model, "method": cell.method, "shots": cell.shots, "seed": cell.seed,
@@ -296,7 +297,7 @@ def run_grid(grid: Grid, *, progress: bool = True, log: Callable[[str], None] = 
     if records:
         log(f"experiment: {len(records)} of {len(grid.cells)} cells already done, {len(todo)} to run")
     if main:
-        _atomic_write_text(root / "grid.yaml", yaml.safe_dump({"source": grid.source, "cells": [c.key for c in grid.cells]},
+        atomic_write_text(root / "grid.yaml", yaml.safe_dump({"source": grid.source, "cells": [c.key for c in grid.cells]},
                                                               sort_keys=False, allow_unicode=True))
     bar = tqdm(total=len(grid.cells), initial=len(records), desc="experiment", unit="cell", disable=not progress,
                dynamic_ncols=True)
@@ -352,7 +353,7 @@ def _markdown(grid: Grid, rows: list[dict]) -> str:
                 cells = [f"{r['accuracy_mean']:.3f} ± {r['accuracy_std']:.3f} ({r['runs']})" if (r := by.get((model, method, k))) else "—"
                          for k in shots]
             table.append([method, *cells])
-        lines += [_md_table(["method", *[f"{k} per class" for k in shots]], table, ["l"] + ["r"] * len(shots)), ""]
+        lines += [md_table(["method", *[f"{k} per class" for k in shots]], table, ["l"] + ["r"] * len(shots)), ""]
     return "\n".join(lines)
 
 
@@ -397,7 +398,7 @@ def write_results(grid: Grid, records: list[dict]) -> dict:
     summary = {"source": grid.source, "cells": len(records), "table": rows,
                "runs": [{k: v for k, v in r.items() if k != "config"} for r in records]}
     write_json(grid.output / RESULTS_JSON, summary)
-    _atomic_write_text(grid.output / RESULTS_MD, _markdown(grid, rows) + "\n")
-    _atomic_write_bytes(grid.output / PLOT_PNG, _plot(grid, rows))
+    atomic_write_text(grid.output / RESULTS_MD, _markdown(grid, rows) + "\n")
+    atomic_write_bytes(grid.output / PLOT_PNG, _plot(grid, rows))
     summary["files"] = [str(grid.output / n) for n in (RESULTS_JSON, RESULTS_MD, PLOT_PNG)]
     return summary

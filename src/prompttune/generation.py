@@ -58,7 +58,7 @@ class GenerateConfig(BaseModel):
     top_p: float = PField(1.0, gt=0, le=1, description="sampling: nucleus probability mass")
     repetition_penalty: float = PField(1.0, gt=0, description="HF repetition penalty (1 = none)")
     stop: list[str] = PField(default_factory=list, description="stop strings: generation ends at the first one, which is cut off")
-    seed: int = PField(0, description="seed for sampling")
+    seed: int = PField(0, ge=-(2**63), le=2**64 - 1, description="seed for sampling (a 64-bit integer, as torch takes)")
     batch_size: int = PField(8, ge=1, description="examples per generate() call (left-padded)")
     use_cache: bool = PField(True, description="reuse the keys/values of the prompt and earlier tokens (False recomputes "
                                                "everything each step; only for checking)")
@@ -331,7 +331,7 @@ class GenerationModel(Tunable, nn.Module):
     def generate(self, inputs, *, progress: bool = False, **options) -> list[str]:
         """Generated text per input (a dict of fields, or a plain string for a one-field template).
         ``options`` override this model's :class:`GenerateConfig` (max_new_tokens, num_beams, do_sample, stop, ...)."""
-        texts, _, _ = self._generate_all([self._as_row(x) for x in inputs], self.generation.model_copy(update=options) if options else self.generation,
+        texts, _, _ = self._generate_all([self._as_row(x, i) for i, x in enumerate(inputs)], self.generation.model_copy(update=options) if options else self.generation,
                                          progress=progress)
         return texts
 

@@ -40,14 +40,19 @@ class Tunable:
             return 0
         return sum(p.numel() for p in self.method.trainable_parameters(self.backbone))
 
-    def _as_row(self, x) -> dict:
-        """An input as a template row: a plain string fills a one-field template."""
+    def _as_row(self, x, index: int | None = None) -> dict:
+        """An input as a template row: a plain string fills a one-field template. ``index``: its place among the
+        inputs, named in errors."""
+        from .template import check_input_texts
+
+        where = "predict input" if index is None else f"input {index}"
+        check_input_texts(x, where)
         if isinstance(x, Mapping):
             return dict(x)
         fields = self.template.fields
         if len(fields) != 1:
             raise ConfigError(f"this template has fields {fields}; a bare string fills only a one-field template",
-                              where="predict input", fix="pass a JSON object with one key per field")
+                              where=where, fix="pass a JSON object with one key per field")
         return {fields[0]: str(x)}
 
 
@@ -60,6 +65,7 @@ class PromptModel(Tunable, nn.Module):
         super().__init__()
         template = template if isinstance(template, Template) else Template(template)
         verbalizer = Verbalizer.from_spec(verbalizer)
+        verbalizer.check_classes()
         method = method if isinstance(method, Method) else make_method(method, **(method_options or {}))
         if method.family and backbone.family.name != method.family:
             raise ConfigError(f"method {method.name!r} needs a {method.family} backbone, but {backbone.name!r} is loaded as {backbone.family.name}",
@@ -178,7 +184,7 @@ class PromptModel(Tunable, nn.Module):
 
     def predict(self, inputs: Iterable[str | Mapping[str, str]], *, batch_size: int = 16) -> list[dict]:
         """Labels with per-class probabilities. A plain string fills the template's only field."""
-        rows = [self._as_row(x) for x in inputs]
+        rows = [self._as_row(x, i) for i, x in enumerate(inputs)]
         probs = self.predict_log_probs(rows, batch_size=batch_size).exp()
         return [{"label": self.labels[int(p.argmax())], "probabilities": {l: round(float(v), 6) for l, v in zip(self.labels, p)}}
                 for p in probs]

@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 
 from . import data as D
-from .artifact import artifact_bytes, load, save
+from .artifact import OUTPUT_NAMES, artifact_bytes, load, write_artifact
 from .config import RunConfig, dump_config
-from .report import _atomic_write_text, write_json, write_report
+from .errors import DataError, VerbalizerError
+from .files import atomic_write_text, check_output_directory, staged_directory, write_json
+from .report import write_report
 from .template import Template
 
 
@@ -69,15 +71,63 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def resume_directory(out: Path) -> Path:
+    """Where a run's resumable checkpoint lives: beside the output directory, which changes only when the run is done."""
+    return out.parent / f".{out.name}.resume"
+
+
+def check_splits(cfg: RunConfig, template: Template, splits: dict[str, list[dict]], *, labels: list[str] | None,
+                 target: str | None = None, trains: bool = True) -> list[str]:
+    """Everything about the data that would otherwise fail only after training, or pass with a meaningless result.
+    Raises for what makes the run meaningless; returns warnings (logged, and kept in metrics.json) for the rest."""
+    warnings: list[str] = []
+    for name, rows in splits.items():
+        where = f"data.{name}"
+        for i, r in enumerate(rows):
+            missing = [f for f in (*template.fields, *([target] if target else [])) if f not in r]
+            if missing:
+                raise DataError(f"row {i + 1} of the {name} data has no column {missing[0]!r} (it has {', '.join(sorted(r)) or 'none'})",
+                                where=f"{where} ({getattr(cfg.data, name) or 'sampled'})",
+                                fix=f"add the column, or map it with data.columns: {{{missing[0]}: YOUR_COLUMN}}")
+        if labels is not None:
+            unknown = sorted({str(r["label"]) for r in rows} - set(labels))
+            if unknown:
+                raise VerbalizerError(f"labels {unknown[:5]} occur in the {name} data but not in the verbalizer (which has {labels})",
+                                      where=f"{where} ({getattr(cfg.data, name) or 'sampled'})",
+                                      fix="add them to prompt.verbalizer, or fix the label column (data.label_column)")
+    train = splits.get("train") or []
+    if labels is not None and trains and train:
+        seen = {str(r["label"]) for r in train}
+        if len(seen) < 2:
+            raise DataError(f"every training example has the label {next(iter(seen))!r}: a prompt trained on one class learns "
+                            "to answer it always", where=f"data.train ({cfg.data.train})",
+                            fix="train on examples of at least two labels (check data.label_column and the file)")
+        absent = [lb for lb in labels if lb not in seen]
+        if absent:
+            warnings.append(f"the labels {absent} have no training example; the prompt is trained without them "
+                            "(data.train, or data.shots_per_class sampling from it)")
+    key = (lambda r: tuple(str(r.get(f)) for f in template.fields))
+    train_keys = {key(r) for r in train}
+    for name in ("dev", "test"):
+        rows = splits.get(name) or []
+        copies = sum(key(r) in train_keys for r in rows)
+        if copies:
+            warnings.append(f"{copies} of {len(rows)} {name} examples are copies of training examples (same input); "
+                            f"{name} scores on them are optimistic: deduplicate the files")
+    return warnings
+
+
 def _fit(model, cfg: RunConfig, train, dev, out: Path, *, progress: bool, log, main: bool):
     """Train as configured (None for methods with nothing to train); the resumable checkpoint is removed once done."""
     if not model.method.trainable:
         return None
-    ckpt = cfg.train.checkpoint_dir or (str(out) if not model.method.trains_backbone else None)
+    ckpt = cfg.train.checkpoint_dir or (str(resume_directory(out)) if not model.method.trains_backbone else None)
     tc = cfg.train.model_copy(update={"progress": progress and cfg.train.progress, "checkpoint_dir": ckpt})
     result = model.fit(train, dev, **tc.model_dump())
     if main and not cfg.train.stop_after and tc.checkpoint_dir:  # finished: the checkpoint has served its purpose
         shutil.rmtree(Path(tc.checkpoint_dir) / "checkpoint", ignore_errors=True)
+        if not cfg.train.checkpoint_dir:
+            shutil.rmtree(Path(tc.checkpoint_dir), ignore_errors=True)
     for note in result.notes:
         log(f"note: {note}")
     log(f"trained {result.steps} steps in {result.seconds:.1f}s; best dev {result.best_dev} at step {result.best_step}")
@@ -115,9 +165,20 @@ def run_training(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
     main = _is_main_process()
     if not main:
         progress, log = False, (lambda msg: None)
-    out = Path(cfg.output)
+    from .verbalizer import Verbalizer
+
+    out = check_output_directory(cfg.output, ours=OUTPUT_NAMES, overwrite=cfg.overwrite)
+    verbalizer = Verbalizer.from_spec(cfg.prompt.verbalizer)
+    verbalizer.check_classes(where="prompt.verbalizer")
     train, dev, test = load_splits(cfg)
     log(f"data: {len(train)} train, {len(dev)} dev, {len(test)} test examples")
+    template = Template(cfg.prompt.template)
+    if train:
+        template.check(needs_mask=False, columns=train[0].keys())
+    warnings = check_splits(cfg, template, {"train": train, "dev": dev, "test": test}, labels=verbalizer.labels,
+                            trains=cfg.method.name != "zero-shot")
+    for w in warnings:
+        log(f"warning: {w}")
     demos = None
     if cfg.prompt.demonstrations is not None:
         from .demonstrations import Demonstrations
@@ -131,7 +192,6 @@ def run_training(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
         return pm
 
     pm = make()
-    pm.template.check(needs_mask=False, columns=train[0].keys())
     zero = None
     if main and cfg.zero_shot_baseline and test and pm.backbone.family.uses_verbalizer and not Template(cfg.prompt.template).has_soft:
         base = PromptModel(pm.backbone, cfg.prompt.template, cfg.prompt.verbalizer, "zero-shot",
@@ -148,14 +208,23 @@ def run_training(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
     pm = _unsharded(pm, result, make, log)
     if cfg.prompt.calibrate:
         pm.calibrate()
-    save(pm, out)
     metrics: dict = {}
     if test:
         metrics = pm.evaluate(test, batch_size=cfg.train.eval_batch_size, progress=progress)
         log(f"test accuracy: {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f} on {len(test)}")
-        save(pm, out, metrics=metrics)
-    metrics["artifact_bytes"] = artifact_bytes(out)
+    # Everything is known: write the whole output beside its place, then swap it in (old run or new, never a mix).
+    with staged_directory(out, ours=OUTPUT_NAMES, overwrite=cfg.overwrite) as stage:
+        clean = _write_classification_run(stage, cfg, pm, metrics, zero, result, test, warnings, t0)
+    _barrier()
+    return {**clean, "output": str(out)}
+
+
+def _write_classification_run(stage: Path, cfg: RunConfig, pm, metrics: dict, zero, result, test, warnings, t0) -> dict:
+    write_artifact(pm, stage, metrics=metrics or None)
+    metrics["artifact_bytes"] = artifact_bytes(stage)
     metrics["trainable_parameters"] = pm.num_trainable_parameters()
+    if warnings:
+        metrics["warnings"] = warnings
     if zero:
         metrics["zero_shot"] = {k: v for k, v in zero.items() if k not in ("predictions", "probabilities")}
     if result:
@@ -164,13 +233,12 @@ def run_training(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
     metrics["seconds_total"] = time.perf_counter() - t0
     samples = _samples(pm, test, metrics)
     clean = {k: v for k, v in metrics.items() if k not in ("predictions", "probabilities")}
-    write_json(out / "metrics.json", clean)
+    write_json(stage / "metrics.json", clean)
     if test:
-        write_report(out, clean, title=f"prompttune: {pm.method.name} on {cfg.model.name}",
+        write_report(stage, clean, title=f"prompttune: {pm.method.name} on {cfg.model.name}",
                      details={"config": cfg.model_dump(mode="json")}, samples=samples)
-    _atomic_write_text(out / "config.yaml", dump_config(cfg))
-    _barrier()
-    return {**clean, "output": str(out)}
+    atomic_write_text(stage / "config.yaml", dump_config(cfg))
+    return clean
 
 
 def _samples(pm, rows, metrics, k: int = 10) -> list[dict]:
@@ -280,19 +348,22 @@ def build_generation_model(cfg: RunConfig, backbone=None, *, method: str | None 
 def run_generation_training(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
     """Generation: (zero-shot baseline) -> teacher-forced training -> generate on test -> ROUGE/BLEU/chrF -> artifact."""
     from .generation import check_generation_template
-    from .report import write_generation_report
 
     t0 = time.perf_counter()
     main = _is_main_process()
     if not main:
         progress, log = False, (lambda msg: None)
-    out = Path(cfg.output)
+    out = check_output_directory(cfg.output, ours=OUTPUT_NAMES, overwrite=cfg.overwrite)
     train, dev, test = load_generation_splits(cfg)
     log(f"data: {len(train)} train, {len(dev)} dev, {len(test)} test examples")
-    gm = build_generation_model(cfg)
     for rows, where in ((train, "data.train"), (test, "data.test")):
         if rows:
             check_generation_template(Template(cfg.prompt.template), cfg.prompt.target, columns=rows[0].keys(), where=f"prompt.template ({where})")
+    warnings = check_splits(cfg, Template(cfg.prompt.template), {"train": train, "dev": dev, "test": test}, labels=None,
+                            target=cfg.prompt.target)
+    for w in warnings:
+        log(f"warning: {w}")
+    gm = build_generation_model(cfg)
     zero = None
     if main and cfg.zero_shot_baseline and test and not Template(cfg.prompt.template).has_soft:
         base = build_generation_model(cfg, gm.backbone, method="zero-shot")
@@ -303,16 +374,26 @@ def run_generation_training(cfg: RunConfig, *, progress: bool = True, log=print)
         _barrier()  # as for classification: the main process evaluates and writes
         return {"main_process": False, "output": str(out)}
     gm = _unsharded(gm, result, lambda: build_generation_model(cfg), log)
-    save(gm, out)
     metrics: dict = {}
     if test:
         metrics = gm.evaluate(test, progress=progress)
         log(f"test: ROUGE-1 {metrics['rouge1']:.2f}  ROUGE-2 {metrics['rouge2']:.2f}  ROUGE-L {metrics['rougeL']:.2f}  "
             f"BLEU {metrics['bleu']:.2f}  chrF {metrics['chrf']:.2f}  {metrics['tokens_per_second']:.1f} tokens/s on {len(test)}")
-        save(gm, out, metrics=metrics)
+    with staged_directory(out, ours=OUTPUT_NAMES, overwrite=cfg.overwrite) as stage:
+        metrics = _write_generation_run(stage, cfg, gm, metrics, zero, result, test, warnings, t0)
+    _barrier()
+    return {**metrics, "output": str(out)}
+
+
+def _write_generation_run(stage: Path, cfg: RunConfig, gm, metrics: dict, zero, result, test, warnings, t0) -> dict:
+    from .report import write_generation_report
+
+    write_artifact(gm, stage, metrics=metrics or None)
     outputs = metrics.pop("outputs", None)
-    metrics["artifact_bytes"] = artifact_bytes(out)
+    metrics["artifact_bytes"] = artifact_bytes(stage)
     metrics["trainable_parameters"] = gm.num_trainable_parameters()
+    if warnings:
+        metrics["warnings"] = warnings
     zero_outputs = None
     if zero:
         zero_outputs = zero.pop("outputs")
@@ -325,10 +406,9 @@ def run_generation_training(cfg: RunConfig, *, progress: bool = True, log=print)
                 "output": outputs[i], **({"zero_shot": zero_outputs[i]} if zero_outputs else {})}
                for i in range(min(10, len(test)))] if outputs else []
     metrics["samples"] = samples
-    write_json(out / "metrics.json", metrics)
+    write_json(stage / "metrics.json", metrics)
     if test:
-        write_generation_report(out, metrics, title=f"prompttune: {gm.method.name} generation on {cfg.model.name}",
+        write_generation_report(stage, metrics, title=f"prompttune: {gm.method.name} generation on {cfg.model.name}",
                                 details={"config": cfg.model_dump(mode="json")}, samples=samples)
-    _atomic_write_text(out / "config.yaml", dump_config(cfg))
-    _barrier()
-    return {**metrics, "output": str(out)}
+    atomic_write_text(stage / "config.yaml", dump_config(cfg))
+    return metrics

@@ -1,18 +1,14 @@
 """Human-readable evaluation reports (Markdown + confusion-matrix PNG) and JSON output.
 
-Every file is written atomically: the bytes go to a temporary file in the target
-directory, which is then moved over the target with :func:`os.replace`, so a reader
-never sees a half-written file and an interrupted run leaves the old file intact.
+Every file is written atomically (see :mod:`prompttune.files`).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,78 +28,7 @@ _MAX_AXIS_LABEL = 24
 _REQUIRED_METRIC_KEYS = ("n", "accuracy", "macro_f1", "per_class", "confusion_matrix", "labels")
 
 
-# --------------------------------------------------------------------------- atomic IO
-
-
-def _current_umask() -> int:
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same directory + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # mkstemp creates the file 0600; give the result the permissions a plain open() would.
-    try:
-        mode = path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        mode = 0o666 & ~_current_umask()
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
-def _atomic_write_text(path: str | Path, text: str) -> Path:
-    return _atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _json_default(obj: Any) -> Any:
-    """Make numpy scalars/arrays, paths, sets and tuples JSON-serialisable."""
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, (set, frozenset)):
-        try:
-            return sorted(obj)
-        except TypeError:
-            return list(obj)
-    tolist = getattr(obj, "tolist", None)  # numpy arrays and scalars, torch tensors
-    if callable(tolist):
-        return tolist()
-    item = getattr(obj, "item", None)
-    if callable(item):
-        return item()
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
-
-
-def write_json(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as pretty UTF-8 JSON (indent 2, trailing newline), atomically.
-
-    numpy scalars/arrays, ``Path`` objects and sets are converted. NaN/Infinity are
-    rejected (ValueError) because they are not valid JSON. Returns the path.
-    """
-    text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False, default=_json_default)
-    return _atomic_write_text(path, text + "\n")
+from .files import atomic_write_bytes, atomic_write_text, write_json  # noqa: E402  (write_json: part of this API)
 
 
 # --------------------------------------------------------------------------- markdown helpers
@@ -123,7 +48,7 @@ def _md_cell(value: Any) -> str:
     return text
 
 
-def _md_table(header: list[Any], rows: list[list[Any]], align: list[str] | None = None) -> str:
+def md_table(header: list[Any], rows: list[list[Any]], align: list[str] | None = None) -> str:
     align = align or ["l"] * len(header)
     sep = {"l": "---", "r": "---:", "c": ":---:"}
     lines = [
@@ -400,7 +325,7 @@ def _samples_table(samples: list[Mapping[str, Any]], labels: list[str]) -> str:
         text_s = _truncate("" if text is None else str(text), _MAX_SAMPLE_TEXT)
         prob_s = "—" if prob is None else _fmt_float(prob)
         rows.append([text_s, "" if gold is None else gold, "" if pred is None else pred, prob_s])
-    return _md_table(["text", "gold", "predicted", "probability"], rows, ["l", "l", "l", "r"])
+    return md_table(["text", "gold", "predicted", "probability"], rows, ["l", "l", "l", "r"])
 
 
 def write_report(
@@ -436,7 +361,7 @@ def write_report(
     heading = _one_line(title) or "Evaluation report"
     parts: list[str] = [f"# {heading}", ""]
 
-    parts += ["## Summary", "", _md_table(["metric", "value"], _headline_rows(metrics), ["l", "r"]), ""]
+    parts += ["## Summary", "", md_table(["metric", "value"], _headline_rows(metrics), ["l", "r"]), ""]
 
     per_class = metrics["per_class"]
     pc_rows = []
@@ -452,7 +377,7 @@ def write_report(
     parts += [
         "## Per-class metrics",
         "",
-        _md_table(["label", "precision", "recall", "F1", "support"], pc_rows, ["l", "r", "r", "r", "r"]),
+        md_table(["label", "precision", "recall", "F1", "support"], pc_rows, ["l", "r", "r", "r", "r"]),
         "",
     ]
 
@@ -463,7 +388,7 @@ def write_report(
         "",
         "Rows are the true label, columns the predicted label.",
         "",
-        _md_table(cm_header, cm_rows, ["l"] + ["r"] * len(labels)),
+        md_table(cm_header, cm_rows, ["l"] + ["r"] * len(labels)),
         "",
         f"![confusion matrix]({CONFUSION_PNG_NAME})",
         "",
@@ -472,7 +397,7 @@ def write_report(
     training = metrics.get("training") or {}
     history = training.get("history") or []
     if history:
-        _atomic_write_bytes(out / TRAINING_PNG_NAME, _training_png(history, training.get("best_step")))
+        atomic_write_bytes(out / TRAINING_PNG_NAME, _training_png(history, training.get("best_step")))
         parts += [
             "## Training",
             "",
@@ -481,7 +406,7 @@ def write_report(
             "",
             f"![training curve]({TRAINING_PNG_NAME})",
             "",
-            _md_table(["step", "dev accuracy", "dev macro-F1", "dev loss"],
+            md_table(["step", "dev accuracy", "dev macro-F1", "dev loss"],
                       [[h["step"], _fmt_float(h.get("accuracy")), _fmt_float(h.get("macro_f1")), _fmt_float(h.get("loss"))]
                        for h in history], ["r", "r", "r", "r"]),
             "",
@@ -494,8 +419,8 @@ def write_report(
         parts += ["## Sample predictions", "", _samples_table(samples, labels), ""]
 
     png = _confusion_png(matrix, labels, heading)
-    _atomic_write_bytes(out / CONFUSION_PNG_NAME, png)
-    return _atomic_write_text(out / REPORT_NAME, "\n".join(parts).rstrip("\n") + "\n")
+    atomic_write_bytes(out / CONFUSION_PNG_NAME, png)
+    return atomic_write_text(out / REPORT_NAME, "\n".join(parts).rstrip("\n") + "\n")
 
 
 # --------------------------------------------------------------------------- generation report
@@ -523,7 +448,7 @@ def write_generation_report(out_dir: str | Path, metrics: dict, *, title: str, d
     rows.append(["test examples", _fmt_int(metrics.get("n"))] + ([_fmt_int(zero.get("n"))] if zero else []))
     rows.append(["trainable parameters", _fmt_int(metrics.get("trainable_parameters"))] + (["0"] if zero else []))
     rows.append(["artifact bytes", _fmt_bytes(metrics.get("artifact_bytes"))] + (["—"] if zero else []))
-    parts: list[str] = [f"# {heading}", "", "## Summary", "", _md_table(header, rows, ["l"] + ["r"] * (len(header) - 1)), "",
+    parts: list[str] = [f"# {heading}", "", "## Summary", "", md_table(header, rows, ["l"] + ["r"] * (len(header) - 1)), "",
                         f"BLEU tokenizer: `{metrics.get('bleu_tokenize', '13a')}`; ROUGE over {metrics.get('rouge_tokens', 'words')}.", ""]
     training = metrics.get("training") or {}
     history = training.get("history") or []
@@ -531,7 +456,7 @@ def write_generation_report(out_dir: str | Path, metrics: dict, *, title: str, d
         parts += ["## Training", "",
                   f"{training.get('steps')} steps in {_fmt_float(training.get('seconds'), 1)} s; the state of step "
                   f"{training.get('best_step')} (lowest dev loss per target token) was kept.", "",
-                  _md_table(["step", "dev loss"], [[h["step"], _fmt_float(h.get("loss"))] for h in history], ["r", "r"]), ""]
+                  md_table(["step", "dev loss"], [[h["step"], _fmt_float(h.get("loss"))] for h in history], ["r", "r"]), ""]
     if details:
         parts += ["## Details", "", _details_block(details), ""]
     if samples:
@@ -539,5 +464,5 @@ def write_generation_report(out_dir: str | Path, metrics: dict, *, title: str, d
                   _truncate(str(s.get("output", "")), _MAX_SAMPLE_TEXT)]
                  + ([_truncate(str(s.get("zero_shot", "")), _MAX_SAMPLE_TEXT)] if "zero_shot" in s else []) for s in samples]
         sheader = ["source", "reference", "output"] + (["zero-shot output"] if samples and "zero_shot" in samples[0] else [])
-        parts += ["## Samples", "", _md_table(sheader, srows), ""]
-    return _atomic_write_text(out / REPORT_NAME, "\n".join(parts).rstrip("\n") + "\n")
+        parts += ["## Samples", "", md_table(sheader, srows), ""]
+    return atomic_write_text(out / REPORT_NAME, "\n".join(parts).rstrip("\n") + "\n")

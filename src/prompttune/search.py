@@ -488,9 +488,9 @@ def write_config(cfg, path) -> None:
     """Write a RunConfig as YAML (temporary name + rename)."""
     from pathlib import Path
 
-    from .artifact import _atomic_write_text
+    from .files import atomic_write_text
     from .config import dump_config
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(p, dump_config(cfg))
+    atomic_write_text(p, dump_config(cfg))

@@ -392,6 +392,7 @@ class Renderer:
                 raise TemplateError(f"the example has no field {name!r} (it has: {', '.join(sorted(example))})",
                                     where="template", fix=f"add a {name!r} column or map one to it with data.columns")
             values[name] = str(example[name])
+            check_text(values[name], f"field {name!r}")
         out = self._assemble(values)
         budget = self.max_length - reserve
         truncated = False
@@ -414,6 +415,29 @@ class Renderer:
                                 where="template", fix="raise max_length")
         out.truncated = truncated
         return out
+
+
+def check_text(value: str, where: str, *, error: type = TemplateError) -> None:
+    """Refuse text a tokenizer cannot encode: a lone surrogate (``\\ud800``..``\\udfff``, e.g. from an unpaired JSON
+    escape or a command-line byte that is not UTF-8) is not valid Unicode."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise error(f"a lone surrogate ({value[e.start]!r} at character {e.start}) is not valid Unicode text", where=where,
+                    fix="send valid UTF-8 text: drop or replace that character (a JSON \\ud800-\\udfff escape must be "
+                        "one half of a high + low pair)") from None
+
+
+def check_input_texts(x, where: str, *, error: type = TemplateError) -> None:
+    """:func:`check_text` on an input: a string, or every value and key of an object of fields."""
+    if isinstance(x, str):
+        check_text(x, where, error=error)
+    elif isinstance(x, Mapping):
+        for k, v in x.items():
+            if isinstance(k, str):
+                check_text(k, f"{where}, a field name", error=error)
+            if isinstance(v, str):
+                check_text(v, f"{where}, field {k!r}", error=error)
 
 
 def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:

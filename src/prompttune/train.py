@@ -12,7 +12,6 @@ import json
 import math
 import os
 import random
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 
 from .errors import ConfigError
+from .files import recover_directory, replace_directory
 
 
 class TrainConfig(BaseModel):
@@ -180,6 +180,8 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
     ckpt = Path(cfg.checkpoint_dir) / "checkpoint" if cfg.checkpoint_dir else None
 
     saved, notes = None, []
+    if ckpt is not None and main:
+        recover_directory(ckpt)  # a run killed while replacing its checkpoint left the previous one beside it
     if cfg.resume and ckpt is not None and (ckpt / "trainer_state.json").exists():
         saved = _Checkpoint.read(ckpt, names)
         saved.load_parameters(pm)  # while the model is whole: FSDP2 and DeepSpeed take the values from it
@@ -440,11 +442,8 @@ def _save_checkpoint(ckpt: Path, state, pm, names, optimizer, scheduler, best, *
     meta = {"format": _CHECKPOINT_FORMAT, "trainer": state, "param_groups": opt["param_groups"] if opt else None,
             "scheduler": scheduler.state_dict(), "python_rng": _py_rng_to_json(random.getstate()), "names": names}
     (tmp / "trainer_state.json").write_text(json.dumps(meta, default=_json_default), encoding="utf-8")
-    old = ckpt.with_name(ckpt.name + ".old")
-    if ckpt.exists():
-        os.replace(ckpt, old)
-    os.replace(tmp, ckpt)
-    shutil.rmtree(old, ignore_errors=True)
+    recover_directory(ckpt)
+    replace_directory(tmp, ckpt)  # one exchange: a kill leaves the previous checkpoint or this one
 
 
 @dataclass

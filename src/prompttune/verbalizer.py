@@ -37,6 +37,14 @@ class Verbalizer:
                 raise VerbalizerError(f"label {label!r} has an empty or non-text label word", where="verbalizer",
                                       fix="give each label at least one non-empty word")
             self.words[str(label)] = ws
+        owner: dict[str, str] = {}
+        for label, ws in self.words.items():
+            for w in ws:
+                other = owner.setdefault(w.strip(), label)
+                if other != label:
+                    raise VerbalizerError(f"labels {other!r} and {label!r} share the label word {w.strip()!r}, so the model's "
+                                          "score for it cannot tell them apart", where="verbalizer",
+                                          fix="give each label words of its own")
         self.labels: list[str] = list(self.words)
         self.calibration: list[float] | None = list(calibration) if calibration is not None else None
 
@@ -68,6 +76,13 @@ class Verbalizer:
         return cls(d["words"], calibration=d.get("calibration"))
 
     # ---- checks ---------------------------------------------------------------------------
+    def check_classes(self, *, where: str = "verbalizer") -> None:
+        """A classifier needs two classes at least: with one, every answer is right and accuracy means nothing."""
+        if len(self.labels) < 2:
+            raise VerbalizerError(f"the verbalizer has one label ({self.labels[0]!r}); with one class every answer is "
+                                  "right and accuracy means nothing", where=where,
+                                  fix="give every label of the task its words, e.g. {negative: bad, positive: good}")
+
     def check_labels(self, labels: Sequence[str], *, where: str = "data") -> None:
         unknown = sorted(set(map(str, labels)) - set(self.labels))
         if unknown:

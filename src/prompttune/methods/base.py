@@ -14,7 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from ..errors import ConfigError, TemplateError
+from ..errors import ArtifactError, ConfigError, TemplateError, validation_summary
 from ..template import Template
 
 
@@ -109,7 +109,7 @@ class Method(nn.Module):
         try:
             self.options = self.Options(**options)
         except Exception as e:  # pydantic.ValidationError
-            raise ConfigError(f"bad options for method {self.name!r}: {e}", where="method",
+            raise ConfigError(f"bad options for method {self.name!r}: {validation_summary(e)}", where="method",
                               fix=f"valid options: {', '.join(self.Options.model_fields)}") from None
         self.soft: SoftTable | None = None
         self._head: dict[str, nn.Parameter] = {}  # a frozen encoder + head backbone's task head, trained with the prompt
@@ -179,12 +179,36 @@ class Method(nn.Module):
 
     def load_prompt_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         head = {k[5:]: v for k, v in tensors.items() if k.startswith("head/")}
-        self.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("head/")}, strict=True)
+        own = {k: v for k, v in tensors.items() if not k.startswith("head/")}
+        check_tensors(own, self.state_dict(), f"the {self.name} method with these options")
         if set(head) != set(self._head):
-            raise KeyError(f"head tensors {sorted(head)} do not match the backbone's head {sorted(self._head)}")
+            raise ArtifactError(f"head tensors {sorted(head)} do not match the backbone's classification head {sorted(self._head)}")
+        check_tensors(head, {k: p.detach() for k, p in self._head.items()}, "the backbone's classification head")
+        self.load_state_dict(own, strict=True)
         with torch.no_grad():
             for k, v in head.items():
                 self._head[k].copy_(v)
 
     def config_dict(self) -> dict:
         return {"name": self.name, **self.options.model_dump()}
+
+
+def check_tensors(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], what: str) -> None:
+    """Saved tensors against the ones a module expects: same names, shapes and kind of dtype (float / integer).
+
+    Raises ArtifactError (without where/fix: the artifact loader adds them) naming the first mismatch."""
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    if missing or extra:
+        parts = ([f"missing {missing[:3]}"] if missing else []) + ([f"unexpected {extra[:3]}"] if extra else [])
+        raise ArtifactError(f"the saved tensors do not fit {what} ({', '.join(parts)}): the artifact was written "
+                            "for another method, other options or another backbone")
+    for k, w in want.items():
+        t = got[k]
+        if not isinstance(t, torch.Tensor):
+            raise ArtifactError(f"tensor {k!r} is not a tensor")
+        if t.is_floating_point() != w.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            kind = "floating point" if w.is_floating_point() else "integer"
+            raise ArtifactError(f"tensor {k!r} has dtype {str(t.dtype).replace('torch.', '')}; {what} stores it as {kind} "
+                                f"({str(w.dtype).replace('torch.', '')})")
+        if tuple(t.shape) != tuple(w.shape):
+            raise ArtifactError(f"tensor {k!r} has shape {list(t.shape)}, but {what} on this backbone needs {list(w.shape)}")

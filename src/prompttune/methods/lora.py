@@ -74,9 +74,10 @@ class Lora(Method):
     def load_prompt_tensors(self, tensors) -> None:
         import torch
 
+        from .base import check_tensors
+
         lora = {k[5:]: v for k, v in tensors.items() if k.startswith("lora/")}
-        if set(lora) != set(self._lora):
-            raise KeyError(f"LoRA tensors {sorted(lora)[:3]}... do not match the model's {sorted(self._lora)[:3]}...")
+        check_tensors(lora, {k: p.detach() for k, p in self._lora.items()}, "the LoRA adapters of this backbone")
         super().load_prompt_tensors({k: v for k, v in tensors.items() if not k.startswith("lora/")})
         with torch.no_grad():
             for k, v in lora.items():

@@ -7,12 +7,16 @@ Routes (all JSON except /metrics; every route but /health needs ``Authorization:
 - ``POST /v1/tasks/{task}/predict``      ``{"inputs": ["text", {"premise": .., "hypothesis": ..}]}`` (or ``"input"``)
 - ``POST /v1/predict``                   ``{"requests": [{"task": "sst", "input": "..."}, ...]}``: several tasks at once
 - ``POST /v1/tasks/{task}/generate``     generated text for a generation task (decoding settings per request)
-- ``POST /v1/tasks``, ``DELETE /v1/tasks/{task}``   load / unload an artifact at run time
+- ``POST /v1/tasks``, ``DELETE /v1/tasks/{task}``   load / unload an artifact at run time: off unless the server is
+  started with ``--admin`` (``create_app(..., allow_admin=True)``), since they make the server read any path it can
+  (403 otherwise); with an API key set they need it, as every route does
 - ``GET /metrics``                       Prometheus text: requests, inputs, batch sizes, latency, tokens reused
 
 Errors are ``{"detail": what, "where": ..., "fix": ...}`` with 400 (malformed JSON, bad artifact path),
-401 (key), 404 (unknown task), 409 (artifact for another backbone, name in use), 413 (body or input count over
-the limit), 422 (missing / wrong fields or options), 400 (an operation the task's kind lacks), 503 + Retry-After (queue full).
+401 (key), 403 (admin routes when off), 404 (unknown task or route), 405 (method), 409 (artifact for another backbone,
+name in use), 413 (body or input count over the limit), 415 (a body that is not ``application/json``), 422 (missing /
+wrong fields or options, text that is not valid Unicode), 400 (an operation the task's kind lacks), 503 + Retry-After
+(queue full).
 """
 
 from __future__ import annotations
@@ -33,12 +37,49 @@ try:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse
     from pydantic import BaseModel, ConfigDict, Field, model_validator
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise PromptTuneError("the HTTP server needs FastAPI and uvicorn", where="prompttune serve",
                           fix="pip install 'prompttune[serve]' (fastapi, uvicorn)") from e
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 Input = Union[str, dict[str, str]]
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON that always encodes: non-ASCII escaped (a lone surrogate echoed from a request cannot break the UTF-8
+    encoding) and non-finite floats written as null (a NaN metric in an artifact's prompt.json, say)."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(_finite(content), ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def _finite(x):
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+class AdminDisabledError(PromptTuneError):
+    """An admin route (add / remove tasks) on a server started without --admin (HTTP 403)."""
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _check_texts(items: list, path: str, *, listed: bool = True) -> None:
+    """Text fields that are not valid Unicode (lone surrogates) fail here, naming where in the body they are
+    (``inputs[3]``; ``input`` or ``requests[2].input`` for a single input, ``listed=False``)."""
+    from ..template import check_input_texts
+
+    for i, x in enumerate(items):
+        check_input_texts(x, f"{path}[{i}]" if listed else path)
 
 
 # ---- schemas -------------------------------------------------------------------------------------
@@ -98,7 +139,7 @@ class GenerateRequest(PredictRequest):
     top_p: float | None = Field(None, gt=0, le=1, description="sampling: nucleus probability mass")
     repetition_penalty: float | None = Field(None, gt=0)
     stop: list[str] | None = Field(None, max_length=16, description="stop strings (cut off from the output)")
-    seed: int | None = Field(None, description="sampling seed")
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1, description="sampling seed (64-bit)")
 
     def options(self) -> dict:
         return {k: v for k, v in self.model_dump(exclude={"inputs", "input"}).items() if v is not None}
@@ -263,10 +304,11 @@ async def _send_json(send, status: int, body: dict, extra_headers: list | None =
 
 # ---- the app ---------------------------------------------------------------------------------------
 def create_app(engine: ServeEngine, *, api_key: str | None = None, max_body_bytes: int = 1_000_000, max_inputs: int = 256,
-               request_timeout_s: float = 120.0, allow_admin: bool = True, on_shutdown=None):
+               request_timeout_s: float = 120.0, allow_admin: bool = False, on_shutdown=None):
     """The ASGI app (FastAPI wrapped in a body-size guard). ``app.fastapi`` is the FastAPI object;
     ``on_shutdown()`` runs when the server stops (uvicorn re-raises SIGTERM after shutdown, so code after
-    ``uvicorn.run`` may never run)."""
+    ``uvicorn.run`` may never run). ``allow_admin``: serve ``POST /v1/tasks`` and ``DELETE /v1/tasks/{task}``,
+    which load any artifact path the server can read (off by default; ``prompttune serve --admin``)."""
     import contextlib
 
     from .. import __version__
@@ -277,25 +319,49 @@ def create_app(engine: ServeEngine, *, api_key: str | None = None, max_body_byte
         if on_shutdown is not None:
             on_shutdown()
 
-    api = FastAPI(title="prompttune serve", version=__version__, lifespan=lifespan,
+    api = FastAPI(title="prompttune serve", version=__version__, lifespan=lifespan, default_response_class=SafeJSONResponse,
                   description="Many tuned prompts on one frozen backbone; requests of different tasks share each forward pass.",
-                  responses={k: {"model": ErrorBody} for k in (400, 401, 404, 413, 422, 503)})
+                  responses={k: {"model": ErrorBody} for k in (400, 401, 404, 413, 415, 422, 503)})
     metrics = HttpMetrics()
     api.state.engine = engine
     api.state.metrics = metrics
 
     def error(status: int, e: PromptTuneError | str, headers: dict | None = None) -> JSONResponse:
         body = {"detail": e.what, "where": e.where, "fix": e.fix} if isinstance(e, PromptTuneError) else {"detail": str(e)}
-        return JSONResponse(body, status_code=status, headers=headers)
+        return SafeJSONResponse(body, status_code=status, headers=headers)
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         errs = exc.errors()
+        ctype = request.headers.get("content-type", "")
+        if not _is_json(ctype):  # FastAPI reads a body as JSON only when it says it is
+            shown = f"{ctype!r}" if ctype else "no Content-Type"
+            return SafeJSONResponse({"detail": f"the body must be JSON sent as application/json; this request has {shown}",
+                                     "where": "Content-Type header", "fix": "send the header 'Content-Type: application/json' "
+                                     "with a JSON body, e.g. {\"inputs\": [\"some text\"]}"}, status_code=415)
         if any(e.get("type") == "json_invalid" for e in errs):
-            return JSONResponse({"detail": "the body is not valid JSON", "where": "body",
-                                 "fix": "send a JSON object, e.g. {\"inputs\": [\"some text\"]}"}, status_code=400)
+            return SafeJSONResponse({"detail": "the body is not valid JSON", "where": "body",
+                                     "fix": "send a JSON object, e.g. {\"inputs\": [\"some text\"]}"}, status_code=400)
         clean = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errs]
-        return JSONResponse({"detail": clean, "where": "body", "fix": "see /docs for the request schema"}, status_code=422)
+        return SafeJSONResponse({"detail": clean, "where": "body", "fix": "see /docs for the request schema"}, status_code=422)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        # Starlette's own errors (no route, wrong method, a body it cannot parse) in this service's error format.
+        status = exc.status_code
+        if status == 404:
+            body = {"detail": f"no route {request.url.path!r}", "where": "URL",
+                    "fix": "see /docs for the routes (e.g. POST /v1/tasks/{task}/predict)"}
+        elif status == 405:
+            allow = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), None)
+            body = {"detail": f"{request.method} is not allowed on {request.url.path!r}", "where": "method",
+                    "fix": f"use {allow or 'another method'} on this route (see /docs)"}
+        elif status == 400:
+            body = {"detail": "the body cannot be parsed as JSON (not UTF-8, or nested too deeply)", "where": "body",
+                    "fix": "send a UTF-8 JSON object, e.g. {\"inputs\": [\"some text\"]}"}
+        else:
+            body = {"detail": str(exc.detail), "where": None, "fix": None}
+        return SafeJSONResponse(body, status_code=status, headers=exc.headers)
 
     @api.exception_handler(PromptTuneError)
     async def _domain(request: Request, exc: PromptTuneError):
@@ -311,6 +377,8 @@ def create_app(engine: ServeEngine, *, api_key: str | None = None, max_body_byte
             return error(400 if exc.implemented else 501, exc)
         if isinstance(exc, ArtifactError):
             return error(400, exc)
+        if isinstance(exc, AdminDisabledError):
+            return error(403, exc)
         return error(422, exc)  # template / verbalizer / config errors raised by an input
 
     def check_count(n: int) -> None:
@@ -346,6 +414,7 @@ def create_app(engine: ServeEngine, *, api_key: str | None = None, max_body_byte
         items = body.items()
         check_count(len(items))
         t = engine.task(task)
+        _check_texts(items, "inputs" if body.inputs is not None else "input", listed=body.inputs is not None)
         raw = await run(task, items, "/v1/tasks/{task}/predict")
         return PredictResponse(task=task, predictions=[Prediction(**t.format_result("predict", r)) for r in raw])
 
@@ -353,6 +422,8 @@ def create_app(engine: ServeEngine, *, api_key: str | None = None, max_body_byte
     async def predict_mixed(body: MixedRequest) -> MixedResponse:
         check_count(len(body.requests))
         tasks = {r.task: engine.task(r.task) for r in body.requests}
+        for i, r in enumerate(body.requests):
+            _check_texts([r.input], f"requests[{i}].input", listed=False)
         futs = engine.submit_many([(r.task, [r.input]) for r in body.requests])  # queued together: they share batches
         start = time.perf_counter()
         try:
@@ -372,6 +443,7 @@ def create_app(engine: ServeEngine, *, api_key: str | None = None, max_body_byte
         items = body.items()
         check_count(len(items))
         t = engine.task(task)
+        _check_texts(items, "inputs" if body.inputs is not None else "input", listed=body.inputs is not None)
         raw = await run(task, items, "/v1/tasks/{task}/generate", operation="generate", **body.options())
         return GenerateResponse(task=task, outputs=[Generated(**t.format_result("generate", r)) for r in raw])
 
@@ -388,6 +460,15 @@ def create_app(engine: ServeEngine, *, api_key: str | None = None, max_body_byte
         def remove_task(task: str) -> dict:
             engine.remove(task)
             return {"removed": task}
+    else:
+        def admin_off():
+            raise AdminDisabledError("adding and removing tasks over HTTP is off on this server (it would let any client "
+                                     "make the server read any path)", where="admin routes",
+                                     fix="start the server with `prompttune serve --admin` (and --api-key, so that only "
+                                         "key holders can use them)")
+
+        api.add_api_route("/v1/tasks", admin_off, methods=["POST"], include_in_schema=False)
+        api.add_api_route("/v1/tasks/{task}", admin_off, methods=["DELETE"], include_in_schema=False)
 
     if api_key:
         from fastapi.openapi.utils import get_openapi

@@ -130,8 +130,12 @@ class ServedTask:
         """Results for jobs of this kind, in order, computed together."""
         raise NotImplementedError
 
-    def as_row(self, x) -> dict:
-        """One input (an object with the template's fields, or a bare string for a one-field template) as a row."""
+    def as_row(self, x, index: int | None = None) -> dict:
+        """One input (an object with the template's fields, or a bare string for a one-field template) as a row.
+        ``index``: its place in the request, named in errors."""
+        from ..template import check_input_texts
+
+        check_input_texts(x, "input" if index is None else f"inputs[{index}]")
         if isinstance(x, Mapping):
             missing = [f for f in self.fields if f not in x]
             if missing:
@@ -300,7 +304,7 @@ class ClassificationTask(ServedTask):
             raise self.unsupported(operation)
         if options:
             raise ConfigError(f"predict takes no options, got {sorted(options)}", where="request", fix="drop them")
-        return [self.pm.renderer.render(self.as_row(x), reserve=self.pm.reserve) for x in inputs]
+        return [self.pm.renderer.render(self.as_row(x, i), reserve=self.pm.reserve) for i, x in enumerate(inputs)]
 
     def format_result(self, operation, raw):
         return format_prediction(self, raw)

@@ -81,7 +81,7 @@ class GenerationServedTask(ServedTask):
         settings = opts.model_dump(exclude={"batch_size", "language"})
         # Sampled rows draw from one generator seeded per call: they stay with the inputs of their own request.
         key = (json.dumps(settings, sort_keys=True), next(_calls) if opts.do_sample else None)
-        return [GenerateJob(self.gm.renderer.render(self.as_row(x)), opts, key) for x in inputs]
+        return [GenerateJob(self.gm.renderer.render(self.as_row(x, i)), opts, key) for i, x in enumerate(inputs)]
 
     def format_result(self, operation, raw):
         return {"text": raw}
