@@ -384,6 +384,9 @@ def _load_tensors(pm, d: Path, meta: dict):
     check_tensors(tensors, tpath, {k: v.dtype for k, v in pm.method.state_dict().items()})
     try:
         pm.method.load_prompt_tensors(tensors)
+    except ArtifactError as e:  # the method names the mismatch; where and the fix are the artifact's
+        raise ArtifactError(e.what, where=str(tpath), fix="load it onto the method, options and backbone it was trained "
+                            "with, or re-run training to rewrite the artifact") from None
     except Exception as e:  # a tensor of another shape or name than the method has
         raise ArtifactError(f"cannot load {PROMPT_TENSORS}: {e}", where=str(tpath), fix="re-run training to rewrite the artifact") from None
     pm.eval()

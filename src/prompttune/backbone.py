@@ -475,6 +475,7 @@ class Backbone:
         """Load from a short name (``smollm2-135m``), a hub id, a local directory or a ``.gguf`` file."""
         import transformers
 
+        name = os.fspath(name) if isinstance(name, os.PathLike) else name
         if not isinstance(name, str) or not name.strip():
             raise BackboneError(f"no model given (model name {name!r})", where="model.name", fix=_WHAT_MODELS)
         torch_dtype = getattr(torch, dtype, None) if dtype in _DTYPES else None
@@ -640,7 +641,7 @@ def _check_model_source(name: str, path: str) -> None:
             raise BackboneError(f"{path} has a config.json but no weights (no model.safetensors or pytorch_model.bin)",
                                 fix="copy the weights file next to config.json, or save the model again with save_pretrained")
         return
-    local = (path.startswith(("/", "./", "../", "~", ".\\")) or "\\" in path or path.count("/") > 1 or path in (".", "..")
+    local = (path.startswith(("/", "./", "../", "~", ".\\")) or "\\" in path or path in (".", "..")
              or p.suffix.lower() in (".gguf", ".safetensors", ".bin", ".json", ".pt", ".pth", ".h5"))
     if local:
         raise BackboneError(f"model path {path} does not exist", fix="check the path; " + _WHAT_MODELS)
@@ -648,7 +649,7 @@ def _check_model_source(name: str, path: str) -> None:
     if (not _HUB_ID.fullmatch(path) or any(len(x) > 96 for x in parts) or "--" in path or ".." in path
             or path.endswith(".git")):
         raise BackboneError(f"{path!r} is neither an existing local path nor a valid hub id (a hub id is 'name' or 'org/name': "
-                            "letters, digits, '-', '_' and '.', not starting or ending with '-' or '.')",
+                            "one '/' at most; letters, digits, '-', '_' and '.', not starting or ending with '-' or '.')",
                             fix=_WHAT_MODELS)
 
 

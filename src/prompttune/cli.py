@@ -394,6 +394,11 @@ def _check_generation_options(pm, overrides: dict) -> None:
                           fix="see `prompttune predict --help` for --max-new-tokens, --num-beams, --stop") from None
 
 
+def _is_click(e: BaseException, name: str) -> bool:
+    """Whether ``e`` is click's exception ``name``: typer raises its own vendored copy (typer._click), not click's."""
+    return any(c.__name__ == name and c.__module__.split(".")[0] in ("click", "typer") for c in type(e).__mro__)
+
+
 def _usage_error(e) -> None:
     """A command-line usage error (unknown option, bad value, missing argument) as one ``error:`` paragraph."""
     ctx = getattr(e, "ctx", None)
@@ -424,7 +429,7 @@ def main() -> None:
 
 def _run() -> None:
     try:
-        app(standalone_mode=False)
+        app(standalone_mode=False, prog_name="prompttune")
     except PromptTuneError as e:
         if _state["debug"]:
             raise
@@ -436,17 +441,15 @@ def _run() -> None:
     except SystemExit:
         raise
     except Exception as e:
-        import click
-
-        if isinstance(e, click.exceptions.NoArgsIsHelpError):
+        if _is_click(e, "NoArgsIsHelpError"):
             e.show()
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.UsageError):
+        if _is_click(e, "UsageError"):
             _usage_error(e)
-        if isinstance(e, click.exceptions.ClickException):
+        if _is_click(e, "ClickException"):
             print(f"error: {' '.join(e.format_message().split())}", file=sys.stderr)
             sys.exit(e.exit_code or 1)
-        if isinstance(e, click.exceptions.Abort):
+        if _is_click(e, "Abort"):
             sys.exit(1)
         if _state["debug"]:
             raise

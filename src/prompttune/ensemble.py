@@ -38,6 +38,10 @@ class Ensemble:
         models = list(models)
         if not models:
             raise ConfigError("an ensemble needs at least one model", where="ensemble", fix="give one or more artifact directories")
+        other = [i for i, m in enumerate(models, 1) if getattr(m, "task", "classification") != "classification"]
+        if other:
+            raise ConfigError(f"member {other[0]} is a {models[other[0] - 1].task} model; an ensemble averages class probabilities",
+                              where="ensemble", fix="ensemble classification models only")
         labels = models[0].labels
         for i, m in enumerate(models[1:], 2):
             if list(m.labels) != list(labels):
@@ -57,8 +61,12 @@ class Ensemble:
         from .artifact import load, read_meta
 
         models, shared = [], {}
-        for d in directories:
+        for i, d in enumerate(directories, 1):
             meta = read_meta(d)
+            if meta.get("task", "classification") != "classification":
+                raise ArtifactError(f"member {i} ({d}) is a {meta['task']} artifact; an ensemble averages class probabilities, so "
+                                    "every member must be a classification artifact", where="ensemble",
+                                    fix="ensemble classification artifacts only; run a generation artifact on its own")
             b = meta["backbone"]
             key = None if meta.get("trained_backbone") else (b.get("name"), b.get("family"), b.get("dtype", "float32"), b.get("fingerprint"))
             pm = load(d, backbone=shared.get(key)) if key in shared else load(d)

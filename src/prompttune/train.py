@@ -42,7 +42,7 @@ class TrainConfig(BaseModel):
     metric: Literal["accuracy", "macro_f1", "loss"] = Field(
         "loss", description="dev metric for early stopping and best-state restore (accuracy and macro_f1 ties are broken by dev "
                             "loss). Default loss: with 16 dev examples per class accuracy moves in steps of 3 points and picks noise")
-    seed: int = Field(0, description="seed for initialisation, data order and dropout")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed for initialisation, data order and dropout")
     eval_batch_size: int = Field(16, ge=1, description="batch size for evaluation")
     checkpoint_dir: str | None = Field(None, description="where the resumable checkpoint is written (None = no checkpoint)")
     checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints (default: eval_every)")
