@@ -83,6 +83,7 @@ def _killed_at_every_point(action, check, *, stride: int = 1, limit: int = 5000)
             continue
         assert os.WEXITSTATUS(status) == 0, f"the child failed (not killed) at point {n}"
         check(n)
+        print(f"{kills} kills checked, the action finished at point {n}")  # shown with pytest -s
         return kills
     raise AssertionError("the action never finished")
 
