@@ -120,7 +120,7 @@ def test_integer_prompt_weights_are_refused(soft_artifact):
     d = soft_artifact
     tensors = {k: v.to(torch.int64) for k, v in load_file(str(d / "prompt.safetensors")).items()}
     save_file(tensors, str(d / "prompt.safetensors"))
-    with pytest.raises(ArtifactError, match="has dtype int64; prompt weights are floating point"):
+    with pytest.raises(ArtifactError, match="has dtype int64; the soft-prompt method.*stores it as floating point"):
         load(d)
 
 
