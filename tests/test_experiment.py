@@ -47,9 +47,9 @@ def _fake_runner(calls):
         calls.append(cell.key)
         rec = {"cell": cell.key, "model": cell.model, "method": cell.method, "shots": cell.shots, "seed": cell.seed,
                "accuracy": 0.5 + cell.shots / 100 + cell.seed / 50, "macro_f1": 0.5, "config": None}
-        from prompttune.experiment import _cell_fingerprint
+        from prompttune.experiment import cell_fingerprint
 
-        rec["config"] = _cell_fingerprint(cell.config)
+        rec["config"] = cell_fingerprint(cell.config)
         write_json(cell.directory(root) / CELL_JSON, rec)
         return rec
 

@@ -70,7 +70,7 @@ def test_causal_multi_token_word_is_scored_by_its_whole_likelihood():
     row = toy_rows(1)[0]
     batch = pm.collate([row])
     with torch.no_grad():
-        scores = pm.backbone.family.word_scores(pm.method.embed(pm.backbone, batch.input_ids, batch.soft_index), batch)
+        scores = pm.backbone.family.word_scores(pm.method.model_inputs(pm.backbone, batch), batch)
     tok = pm.backbone.tokenizer
     prompt = tok(f"Review: {row['text']} Sentiment:", add_special_tokens=False)["input_ids"]
     for w, word in enumerate(pm.word_ids):

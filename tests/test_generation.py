@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from conftest import run_cli, tiny_backbone, write_jsonl
 from prompttune.errors import ConfigError, TemplateError
-from prompttune.generation import GenerationModel, cut_at_stop, method_inputs
+from prompttune.generation import GenerationModel, cut_at_stop
 from prompttune.metrics import RougeTokenizer, generation_metrics
 
 WORDS = "good bad film plot actor story".split()
@@ -45,8 +45,8 @@ def test_causal_loss_reads_only_target_tokens():
         assert [t for t in labels if t != -100] == target
     # The loss equals the cross-entropy of the full model's logits at exactly the target positions.
     with torch.no_grad():
-        kw = method_inputs(gm.method, gm.backbone, batch.input_ids, batch.soft_index, batch.attention_mask)
-        logits = gm.model(**kw, position_ids=(batch.attention_mask.cumsum(-1) - 1).clamp_min(0)).logits
+        kw = gm.method.model_inputs(gm.backbone, batch)
+        logits = gm.model(**{**kw, "position_ids": (batch.attention_mask.cumsum(-1) - 1).clamp_min(0)}).logits
         expected = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch.labels[:, 1:].reshape(-1), ignore_index=-100)
         assert gm(batch).item() == pytest.approx(expected.item(), rel=1e-5)
         # A different source changes the loss (it is conditioned on), a different template word too.
@@ -139,8 +139,8 @@ def test_first_generated_token_is_the_teacher_forced_argmax(kind):
     row = {"src": "good film", "tgt": "x"}
     with torch.no_grad():
         batch = gm.collate([row])
-        kw = method_inputs(gm.method, gm.backbone, batch.input_ids, batch.soft_index, batch.attention_mask)
-        if gm.is_seq2seq:
+        kw = gm.method.model_inputs(gm.backbone, batch)
+        if kind == "t5":
             logits = gm.model(**kw, decoder_input_ids=batch.decoder_input_ids[:, :1]).logits[0, 0]
         else:
             n = len(gm.renderer.render(row).ids)
@@ -333,7 +333,7 @@ def test_hk_en_zh_is_read_from_a_wheel_only_when_named(tmp_path):
 
 
 def test_a_method_can_supply_its_own_model_inputs_for_loss_and_generate():
-    """The seam a prefix method uses: ``model_inputs`` feeds both the training forward and ``generate``."""
+    """A method's one door, ``model_inputs(backbone, batch)``, feeds both the training forward and ``generate``."""
     from prompttune.methods.soft_prompt import SoftPrompt
 
     calls = []
@@ -341,9 +341,9 @@ def test_a_method_can_supply_its_own_model_inputs_for_loss_and_generate():
     class Recording(SoftPrompt):
         name = "recording"
 
-        def model_inputs(self, backbone, input_ids, soft_index, attention_mask):
-            calls.append(tuple(input_ids.shape))
-            return {"inputs_embeds": self.embed(backbone, input_ids, soft_index), "attention_mask": attention_mask}
+        def model_inputs(self, backbone, batch):
+            calls.append(tuple(batch.input_ids.shape))
+            return backbone.inputs(self.embed(backbone, batch.input_ids, batch.soft_index), batch.attention_mask)
 
     plain = gen_model("gpt2")
     hooked = GenerationModel(plain.backbone, "{soft*4} copy: {src} =>", target="tgt", method=Recording())

@@ -2,16 +2,32 @@
 
 A prompt (a template + a verbalizer) is attached to a backbone by a method, trained by the trainer,
 judged by metrics, and saved as a small artifact that any copy of the backbone can load.
+
+The public names load on first use, so ``import prompttune.config`` (and ``prompttune --help``) needs no torch.
 """
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .artifact import load  # noqa: E402
-from .backbone import Backbone  # noqa: E402
-from .errors import PromptTuneError  # noqa: E402
-from .generation import GenerationModel  # noqa: E402
-from .model import PromptModel  # noqa: E402
-from .template import Template  # noqa: E402
-from .verbalizer import Verbalizer  # noqa: E402
+_PUBLIC = {
+    "Backbone": "backbone", "GenerationModel": "generation", "PromptModel": "model", "PromptTuneError": "errors",
+    "Template": "template", "Verbalizer": "verbalizer", "load": "artifact", "RunConfig": "config", "load_config": "config",
+}
 
-__all__ = ["Backbone", "GenerationModel", "PromptModel", "PromptTuneError", "Template", "Verbalizer", "load", "__version__"]
+__all__ = sorted(_PUBLIC) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prompttune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -24,8 +24,7 @@ PROMPT_TENSORS = "prompt.safetensors"
 BACKBONE_DIR = "backbone"
 
 
-KNOWN_TASKS = ("classification", "generation")
-_REWRITE = "re-run training to rewrite the artifact (or restore prompt.json as prompttune wrote it)"
+REWRITE = "re-run training to rewrite the artifact (or restore prompt.json as prompttune wrote it)"
 
 
 def _shown(value) -> str:
@@ -40,15 +39,21 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def field_error(meta: dict, key: str, want: str, where, fix: str = REWRITE) -> ArtifactError:
+    """The error for a prompt.json field that is not what loading needs (``want``)."""
+    got = _shown(meta.get(key)) if "." not in key else None
+    return ArtifactError(f"{PROMPT_JSON} field {key!r} must be {want}" + (f", got {got}" if got is not None else ""),
+                         where=str(where), fix=fix)
+
+
 def validate_meta(meta: dict, where) -> dict:
     """Check the fields of a prompt.json that loading reads (types, ranges, what each task needs), so a damaged or
     hand-edited artifact fails here with the field named, not later inside torch or transformers."""
     from .backbone import FAMILIES
+    from .tasks import TASKS
 
-    def bad(key: str, want: str, fix: str = _REWRITE):
-        got = _shown(meta.get(key)) if "." not in key else None
-        return ArtifactError(f"{PROMPT_JSON} field {key!r} must be {want}" + (f", got {got}" if got is not None else ""),
-                             where=str(where), fix=fix)
+    def bad(key: str, want: str, fix: str = REWRITE):
+        return field_error(meta, key, want, where, fix)
 
     version = meta.get("format_version", 0)
     if not _is_int(version) or version < 0:
@@ -58,11 +63,11 @@ def validate_meta(meta: dict, where) -> dict:
                             where=str(where), fix="upgrade prompttune")
     for key in ("template", "verbalizer", "method", "backbone"):
         if key not in meta:
-            raise ArtifactError(f"{PROMPT_JSON} lacks {key!r}", where=str(where), fix=_REWRITE)
+            raise ArtifactError(f"{PROMPT_JSON} lacks {key!r}", where=str(where), fix=REWRITE)
     task = meta.get("task", "classification")
-    if not isinstance(task, str) or task not in KNOWN_TASKS:
-        raise bad("task", f"one of {', '.join(KNOWN_TASKS)}",
-                  fix="upgrade prompttune if a newer version wrote this artifact; otherwise " + _REWRITE)
+    if not isinstance(task, str) or task not in TASKS:
+        raise bad("task", f"one of {', '.join(TASKS)}",
+                  fix="upgrade prompttune if a newer version wrote this artifact; otherwise " + REWRITE)
     if not isinstance(meta["template"], str) or not meta["template"].strip():
         raise bad("template", "the template text (a non-empty string)")
     method = meta["method"]
@@ -78,7 +83,7 @@ def validate_meta(meta: dict, where) -> dict:
     for key, (ok, want) in checks.items():
         if bb.get(key) is not None and not ok(bb[key]):
             raise ArtifactError(f"{PROMPT_JSON} field 'backbone.{key}' must be {want}, got {_shown(bb[key])}", where=str(where),
-                                fix=_REWRITE)
+                                fix=REWRITE)
     trained = meta.get("trained_backbone")
     if trained is not None and (not isinstance(trained, str) or not trained.strip()):
         raise bad("trained_backbone", f"null or the name of the directory holding the fine-tuned backbone ({BACKBONE_DIR!r})")
@@ -87,21 +92,7 @@ def validate_meta(meta: dict, where) -> dict:
             raise bad(key, f"a whole number >= {low}")
     if meta.get("padding_side", "right") not in ("left", "right"):
         raise bad("padding_side", '"left" or "right"')
-    if task == "generation":
-        if not isinstance(meta.get("target"), str) or not meta["target"].strip():
-            raise bad("target", "the name of the field a generation artifact generates (e.g. \"headline\")")
-        if meta.get("generation") is not None:
-            from .generation import GenerateConfig
-
-            if not isinstance(meta["generation"], dict):
-                raise bad("generation", "an object of decoding settings (max_new_tokens, num_beams, ...)")
-            try:
-                GenerateConfig.model_validate(meta["generation"])
-            except ValidationError as e:
-                raise ArtifactError(f"{PROMPT_JSON} field 'generation' is invalid: {validation_summary(e)}", where=str(where),
-                                    fix=_REWRITE) from None
-    else:
-        _check_verbalizer(meta["verbalizer"], where)
+    TASKS[task].check_meta(meta, where)
     demos = meta.get("demonstrations")
     if demos is not None:
         pool = demos.get("pool") if isinstance(demos, dict) else None
@@ -109,33 +100,33 @@ def validate_meta(meta: dict, where) -> dict:
                 isinstance(r, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in r.items()) for r in pool):
             raise bad("demonstrations", 'null or {"pool": [labelled rows of text fields], "config": {...}}')
         if demos.get("config") is not None:
-            from .demonstrations import DemonstrationConfig
+            from .schemas import DemonstrationConfig
 
             try:
                 DemonstrationConfig.model_validate(demos["config"])
             except ValidationError as e:
                 raise ArtifactError(f"{PROMPT_JSON} field 'demonstrations.config' is invalid: {validation_summary(e)}",
-                                    where=str(where), fix=_REWRITE) from None
+                                    where=str(where), fix=REWRITE) from None
     if meta.get("metrics") is not None and not isinstance(meta["metrics"], dict):
         raise bad("metrics", "null or an object of metric -> number")
     return meta
 
 
-def _check_verbalizer(verb, where) -> None:
+def check_verbalizer_meta(verb, where) -> None:
     want = 'an object {"words": {label: [words]}, "calibration": null or one number per label}'
     words = verb.get("words") if isinstance(verb, dict) else None
     if not isinstance(words, dict) or not words:
-        raise ArtifactError(f"{PROMPT_JSON} field 'verbalizer' must be {want}, got {_shown(verb)}", where=str(where), fix=_REWRITE)
+        raise ArtifactError(f"{PROMPT_JSON} field 'verbalizer' must be {want}, got {_shown(verb)}", where=str(where), fix=REWRITE)
     for label, ws in words.items():
         ws = [ws] if isinstance(ws, str) else ws
         if not isinstance(ws, list) or not ws or not all(isinstance(w, str) and w.strip() for w in ws):
             raise ArtifactError(f"{PROMPT_JSON} field 'verbalizer.words' maps label {label!r} to {_shown(words[label])}; each label "
-                                "needs a list of non-empty label words", where=str(where), fix=_REWRITE)
+                                "needs a list of non-empty label words", where=str(where), fix=REWRITE)
     cal = verb.get("calibration")
     if cal is not None and (not isinstance(cal, list) or len(cal) != len(words) or not all(
             isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in cal)):
         raise ArtifactError(f"{PROMPT_JSON} field 'verbalizer.calibration' must be null or {len(words)} finite numbers (one per "
-                            f"label), got {_shown(cal)}", where=str(where), fix=_REWRITE)
+                            f"label), got {_shown(cal)}", where=str(where), fix=REWRITE)
 
 
 def check_tensor_file(path) -> None:
@@ -209,12 +200,14 @@ def write_artifact(pm, directory, *, metrics: dict | None = None, extra: dict | 
     if pm.method.trains_backbone:
         pm.backbone.model.save_pretrained(out / BACKBONE_DIR)
         pm.backbone.tokenizer.save_pretrained(out / BACKBONE_DIR)
+    from .tasks import task_of
+
+    task = task_of(pm)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "task": getattr(pm, "task", "classification"),
+        "task": task.name,
         "template": pm.template.text,
-        "verbalizer": pm.verbalizer.to_dict() if getattr(pm, "verbalizer", None) is not None else None,
         "method": pm.method.config_dict(),
         "max_length": pm.max_length,
         "padding_side": pm.padding_side,
@@ -224,14 +217,10 @@ def write_artifact(pm, directory, *, metrics: dict | None = None, extra: dict | 
         "trainable_parameters": pm.num_trainable_parameters(),
         "versions": _versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **task.artifact_meta(),
     }
-    if hasattr(pm, "artifact_meta"):  # another task (generation) records what it needs to rebuild itself
-        meta.update(pm.artifact_meta())
-    if getattr(pm, "demonstrations", None) is not None:
-        meta["demonstrations"] = pm.demonstrations.to_dict()
     if metrics:
-        meta["metrics"] = {k: metrics[k] for k in ("accuracy", "macro_f1", "n", "rouge1", "rouge2", "rougeL", "bleu", "chrf")
-                           if k in metrics}
+        meta["metrics"] = {k: metrics[k] for k in task.artifact_metrics if k in metrics}
     if extra:
         meta.update(extra)
     atomic_write_text(out / PROMPT_JSON, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
@@ -281,29 +270,16 @@ def load(directory, *, backbone=None):
     """Load an artifact. ``backbone``: a Backbone already in memory (e.g. shared by a server); by default the
     one named in prompt.json is loaded. A backbone whose fingerprint differs is refused."""
     from .methods import make_method
-    from .model import PromptModel
-    from .verbalizer import Verbalizer
+    from .tasks import task_type
 
     d = Path(directory)
     meta = read_meta(d)
     check_confined(d, meta)
     method_cfg = dict(meta["method"])
     name = method_cfg.pop("name")
-    if meta.get("task", "classification") == "generation":
-        from .generation import GenerateConfig, GenerationModel
-
-        backbone = _artifact_backbone(d, meta, backbone, num_labels=None)
-        pm = GenerationModel(backbone, meta["template"], meta["target"], make_method(name, **method_cfg),
-                             max_length=meta.get("max_length", 256), max_target_length=meta.get("max_target_length", 64), init=False)
-        if pm.template.text != meta["template"]:
-            raise ArtifactError("the saved template does not rebuild as saved", where=str(d), fix="re-run training to rewrite the artifact")
-        pm.space_into_target = bool(meta.get("space_into_target", pm.space_into_target))
-        pm.generation = GenerateConfig.model_validate(meta.get("generation") or {})
-        return _load_tensors(pm, d, meta)
-    backbone = _artifact_backbone(d, meta, backbone, num_labels=len(meta["verbalizer"]["words"]))
-    pm = PromptModel(backbone, meta["template"], Verbalizer.from_dict(meta["verbalizer"]), make_method(name, **method_cfg),
-                     max_length=meta.get("max_length", 256), padding_side=meta.get("padding_side", "right"), init=False)
-    return _load_tensors(pm, d, meta)
+    task = task_type(meta.get("task", "classification"), where=str(d / PROMPT_JSON))
+    backbone = _artifact_backbone(d, meta, backbone, num_labels=task.num_labels(meta))
+    return _load_tensors(task.from_artifact(meta, backbone, make_method(name, **method_cfg)), d, meta)
 
 
 def check_confined(d: Path, meta: dict) -> None:
@@ -364,10 +340,6 @@ def check_finite(tensors: dict, where: Path) -> None:
 
 def _load_tensors(pm, d: Path, meta: dict):
     pm.base_fingerprint = meta["backbone"].get("fingerprint")
-    if meta.get("demonstrations"):
-        from .demonstrations import Demonstrations
-
-        pm.set_demonstrations(Demonstrations.from_dict(meta["demonstrations"]))
     tpath = d / PROMPT_TENSORS
     if not tpath.is_file():
         raise ArtifactError(f"{PROMPT_TENSORS} is missing", where=str(d), fix="re-run training to rewrite the artifact")

@@ -69,11 +69,10 @@ def train(config: Optional[Path] = typer.Argument(None, help="YAML config (see e
         return
     if json_out:
         _out(json.dumps(res, ensure_ascii=False))
-    elif cfg.prompt.target is not None:
-        _out(f"{_generation_line(res)}  artifact {res['artifact_bytes']} bytes  -> {res['output']}/report.md")
     else:
-        _out(f"accuracy {res.get('accuracy', float('nan')):.4f}  macro-F1 {res.get('macro_f1', float('nan')):.4f}  "
-              f"artifact {res['artifact_bytes']} bytes  -> {res['output']}/report.md")
+        from .tasks import task_type
+
+        _out(f"{task_type(cfg.task).summary(res)}  artifact {res['artifact_bytes']} bytes  -> {res['output']}/report.md")
 
 
 @app.command("eval")
@@ -102,12 +101,11 @@ def eval_(directory: Path = typer.Argument(..., help="artifact directory written
     if json_out:
         _out(json.dumps(m, ensure_ascii=False))
         return
-    if "bleu" in m:
-        _out(f"n={m['n']}  {_generation_line(m)}")
-        return
-    _out(f"n={m['n']}  accuracy={m['accuracy']:.4f}  macro-F1={m['macro_f1']:.4f}  {m['examples_per_second']:.1f} examples/s")
-    for label, pc in m["per_class"].items():
-        _out(f"  {label:>16}: precision {pc['precision']:.3f}  recall {pc['recall']:.3f}  f1 {pc['f1']:.3f}  support {pc['support']}")
+    from .artifact import read_meta
+    from .tasks import task_type
+
+    for line in task_type(read_meta(directory).get("task", "classification")).eval_lines(m):
+        _out(line)
 
 
 @app.command()
@@ -135,24 +133,16 @@ def predict(directory: Path = typer.Argument(..., help="artifact directory; furt
     inputs = inputs[len(members) - 1:]
     if not inputs:
         raise PromptTuneError("nothing to predict", where="predict", fix="give texts as arguments or --input FILE.jsonl")
-    pm = load(directory) if len(members) == 1 else Ensemble.load(members)
-    if getattr(pm, "task", "classification") == "generation":
-        overrides = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("num_beams", num_beams)) if v is not None}
-        if sample:
-            overrides["do_sample"] = True
-        if stop:
-            overrides["stop"] = list(stop)
-        _check_generation_options(pm, overrides)
-        for x, out in zip(inputs, pm.generate(inputs, **overrides)):
-            _out(json.dumps({"input": x, "output": out}, ensure_ascii=False) if json_out else out)
-        return
-    for x, res in zip(inputs, pm.predict(inputs)):
-        if json_out:
-            _out(json.dumps({"input": x, **res}, ensure_ascii=False))
-        else:
-            probs = "  ".join(f"{k}={v:.3f}" for k, v in res["probabilities"].items())
-            shown = x if isinstance(x, str) else json.dumps(x, ensure_ascii=False)
-            _out(f"{res['label']:>12}  ({probs})  {shown[:100]}")
+    from .tasks import task_of
+
+    task = task_of(load(directory) if len(members) == 1 else Ensemble.load(members))
+    options = {k: v for k, v in (("max_new_tokens", max_new_tokens), ("num_beams", num_beams)) if v is not None}
+    if sample:
+        options["do_sample"] = True
+    if stop:
+        options["stop"] = list(stop)
+    for x, res in zip(inputs, task.answer(inputs, **options)):
+        _out(json.dumps({"input": x, **res}, ensure_ascii=False) if json_out else task.show(x, res))
 
 
 @app.command()
@@ -347,11 +337,6 @@ def list_() -> None:
         _out(f"  {k:<16} {v.description}")
 
 
-def _generation_line(m: dict) -> str:
-    return (f"ROUGE-1 {m['rouge1']:.2f}  ROUGE-2 {m['rouge2']:.2f}  ROUGE-L {m['rougeL']:.2f}  BLEU {m['bleu']:.2f}  "
-            f"chrF {m['chrf']:.2f}  {m['tokens_per_second'] or 0:.1f} tokens/s")
-
-
 def _columns(items: list[str]) -> dict | None:
     out = {}
     for it in items:
@@ -376,22 +361,6 @@ def _at_least(value, low, option: str, fix: str | None = None) -> None:
     if value is not None and not (low <= value < float("inf")):
         raise PromptTuneError(f"{option} {value} is below {low}" if not value >= low else f"{option} {value} is not a finite number",
                               where=option, fix=fix or f"give {option} {low} or more")
-
-
-def _check_generation_options(pm, overrides: dict) -> None:
-    """Decoding options from the command line against GenerateConfig's ranges (max_new_tokens <= 4096, ...)."""
-    if not overrides:
-        return
-    from pydantic import ValidationError
-
-    from .errors import ConfigError, validation_summary
-    from .generation import GenerateConfig
-
-    try:
-        GenerateConfig.model_validate({**pm.generation.model_dump(), **overrides})
-    except ValidationError as e:
-        raise ConfigError(f"bad decoding option: {validation_summary(e)}", where="predict",
-                          fix="see `prompttune predict --help` for --max-new-tokens, --num-beams, --stop") from None
 
 
 def _is_click(e: BaseException, name: str) -> bool:

@@ -9,10 +9,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .demonstrations import DemonstrationConfig
-from .errors import ConfigError, PromptTuneError
-from .generation import GenerateConfig
-from .train import TrainConfig
+from .errors import ConfigError, PromptTuneError, validation_summary
+from .schemas import (DEFAULT_METHOD, FAMILIES, METHOD_OPTIONS, DemonstrationConfig, GenerateConfig, MethodSpec, TrainConfig)
+from .schemas import Family as FamilyName
 
 
 class _Section(BaseModel):
@@ -21,7 +20,7 @@ class _Section(BaseModel):
 
 class ModelConfig(_Section):
     name: str = Field("smollm2-135m", description="short name (smollm2-135m, minilm-l6, gemma3-270m), hub id, local directory or .gguf file")
-    family: Literal["causal-lm", "masked-lm", "seq2seq", "encoder-head"] | None = Field(None, description="override the detected model family")
+    family: FamilyName | None = Field(None, description="override the detected model family: " + ", ".join(FAMILIES))
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype")
     gguf_file: str | None = Field(None, description="GGUF file inside the model directory")
     revision: str | None = Field(None, description="hub revision")
@@ -53,36 +52,44 @@ class PromptConfig(_Section):
     @model_validator(mode="after")
     def _generation_template(self):
         if self.target is not None:
-            from .generation import check_generation_template
             from .template import Template
 
-            check_generation_template(Template(self.template), self.target)
+            Template(self.template).check_generation(self.target)
         return self
 
 
 class MethodConfig(BaseModel):
+    """``name`` and that method's options (kept as written: ``options()`` is what the user set), checked against the
+    typed union :data:`prompttune.schemas.MethodSpec` before any model or data loads."""
+
     model_config = ConfigDict(extra="allow")
-    name: str = Field("prefix", description="zero-shot, soft-prompt, prefix (the default: measured best, see README), lora, "
-                                         "prompt-finetune, head-finetune, rl-prompt")
+    name: str = Field(DEFAULT_METHOD, description=", ".join(METHOD_OPTIONS) + f" (default {DEFAULT_METHOD}: measured best, see README)")
 
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
+    def spec(self) -> BaseModel:
+        """The options as their typed schema (every default filled in)."""
+        return _METHOD_SPEC().validate_python({"name": self.name, **self.options()})
+
     @model_validator(mode="after")
     def _known(self):
         # A method's options are checked here, before any model or data loads (and named with --set / the file).
-        from .errors import validation_summary
-        from .methods import METHODS
-
-        cls = METHODS.get(self.name)
-        if cls is None:
-            raise ValueError(f"unknown method {self.name!r}; use one of: {', '.join(METHODS)}")
+        options = METHOD_OPTIONS.get(self.name)
+        if options is None:
+            raise ValueError(f"unknown method {self.name!r}; use one of: {', '.join(METHOD_OPTIONS)}")
         try:
-            cls.Options(**self.options())
+            options(**self.options())
         except ValidationError as e:
             raise ValueError(f"bad options for method {self.name!r}: {validation_summary(e)} (its options: "
-                             f"{', '.join(cls.Options.model_fields) or 'none'})") from None
+                             f"{', '.join(options.model_fields) or 'none'})") from None
         return self
+
+
+def _METHOD_SPEC():
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(MethodSpec)
 
 
 class DataConfig(_Section):
@@ -110,6 +117,11 @@ class RunConfig(_Section):
     zero_shot_baseline: bool = Field(False, description="also evaluate the hand-written prompt untrained, for comparison")
     output: str = Field("runs/latest", description="output directory for the artifact, metrics.json and report.md")
     overwrite: bool = Field(False, description="replace an output directory that holds files prompttune did not write")
+
+    @property
+    def task(self) -> str:
+        """The registered task type the run is (``prompttune.tasks``): a generation target makes it generation."""
+        return "classification" if self.prompt.target is None else "generation"
 
 
 def _set_path(d: dict, dotted: str, value: Any, where: str) -> None:
@@ -161,19 +173,19 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if bad:
             raise ConfigError(f"section names are text; {bad[0]!r} is a {_kind(bad[0])}", where=str(p),
                               fix="use the sections model, prompt, method, data, train, generation (see examples/*.yaml)")
-    return _validate(_apply(raw, overrides), where, overrides=overrides)
+    return validate_config(apply_overrides(raw, overrides), where, overrides=overrides)
 
 
 def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     """A copy of ``cfg`` with ``key=value`` overrides applied (as ``--set`` does)."""
-    return _validate(_apply(cfg.model_dump(mode="json"), overrides), "overrides")
+    return validate_config(apply_overrides(cfg.model_dump(mode="json"), overrides), "overrides")
 
 
 def _kind(x) -> str:
     return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(x), type(x).__name__)
 
 
-def _apply(raw: dict, overrides: list[str] | None) -> dict:
+def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"--set {item!r} has no '='", where="--set", fix="write --set section.key=value")
@@ -265,7 +277,7 @@ def _blame(loc: tuple, overrides: list[str]) -> str | None:
     return None
 
 
-def _validate(raw: dict, where: str, *, overrides: list[str] | None = None) -> RunConfig:
+def validate_config(raw: dict, where: str, *, overrides: list[str] | None = None) -> RunConfig:
     overrides = [o for o in overrides or [] if "=" in o]
     try:
         cfg = RunConfig.model_validate(raw)

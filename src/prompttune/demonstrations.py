@@ -21,25 +21,12 @@ import math
 import random
 import re
 from collections import Counter
-from typing import Literal, Mapping, Sequence
+from typing import Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field as PField
 
 from .errors import ConfigError
-from .template import Field, Mask, Rendered, Soft, Template, Text
-
-
-class DemonstrationConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    k: int = PField(1, ge=1, le=16, description="demonstrations per class put in front of each input")
-    select: Literal["random", "similar"] = PField(
-        "random", description="random: drawn with a seed fixed per query; similar: highest TF-IDF cosine to the query")
-    template: str | None = PField(None, description="how one demonstration is written ({mask} = its label word); "
-                                                    "default: the prompt's template without its soft tokens")
-    separator: str = PField("\n\n", description="text between demonstrations and before the query")
-    seed: int = PField(0, description="seed of the random draw")
-    min_field_tokens: int = PField(4, ge=1, description="drop a demonstration rather than cut its input below this many tokens")
+from .schemas import DemonstrationConfig
+from .template import Field, Mask, Rendered, Soft, Template, Text, cut_text
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -181,7 +168,7 @@ class Demonstrations:
             keep = len(lengths[longest]) - over
             if keep < self.config.min_field_tokens:
                 return None
-            values[longest] = _cut(self.tokenizer, values[longest], lengths[longest], keep)
+            values[longest] = cut_text(self.tokenizer, values[longest], lengths[longest], keep)
         return None
 
     def apply(self, row: Mapping[str, str], rendered: Rendered, *, reserve: int = 0) -> Rendered:
@@ -212,15 +199,3 @@ class Demonstrations:
         mask = None if rendered.mask is None else rendered.mask + len(demo_ids)
         return Rendered(ids, soft, mask, rendered.truncated)
 
-
-def _cut(tokenizer, value: str, toks: list[int], keep: int) -> str:
-    """The prefix of ``value`` covered by its first ``keep`` tokens, cut at a character boundary."""
-    if keep <= 0:
-        return ""
-    try:
-        offsets = tokenizer(value, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    except Exception:
-        offsets = None
-    if offsets is not None and len(offsets) == len(toks):
-        return value[: offsets[keep - 1][1]]
-    return tokenizer.decode(toks[:keep]).rstrip("\ufffd")

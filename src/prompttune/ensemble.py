@@ -20,6 +20,7 @@ from typing import Iterable, Mapping, Sequence
 import torch
 
 from .errors import ArtifactError, ConfigError
+from .verbalizer import prediction
 
 
 def is_artifact(path) -> bool:
@@ -34,11 +35,13 @@ def is_artifact(path) -> bool:
 class Ensemble:
     """PromptModels with the same labels; probabilities averaged (optionally weighted)."""
 
+    task = "classification"  # it answers as a classification model does (prompttune.tasks)
+
     def __init__(self, models: Sequence, weights: Sequence[float] | None = None):
         models = list(models)
         if not models:
             raise ConfigError("an ensemble needs at least one model", where="ensemble", fix="give one or more artifact directories")
-        other = [i for i, m in enumerate(models, 1) if getattr(m, "task", "classification") != "classification"]
+        other = [i for i, m in enumerate(models, 1) if m.task != self.task]
         if other:
             raise ConfigError(f"member {other[0]} is a {models[other[0] - 1].task} model; an ensemble averages class probabilities",
                               where="ensemble", fix="ensemble classification models only")
@@ -63,7 +66,7 @@ class Ensemble:
         models, shared = [], {}
         for i, d in enumerate(directories, 1):
             meta = read_meta(d)
-            if meta.get("task", "classification") != "classification":
+            if meta.get("task", "classification") != cls.task:
                 raise ArtifactError(f"member {i} ({d}) is a {meta['task']} artifact; an ensemble averages class probabilities, so "
                                     "every member must be a classification artifact", where="ensemble",
                                     fix="ensemble classification artifacts only; run a generation artifact on its own")
@@ -93,8 +96,7 @@ class Ensemble:
                 row.update(m._as_row(x, i))
             rows.append(row)
         probs = self.predict_log_probs(rows, batch_size=batch_size).exp()
-        return [{"label": self.labels[int(p.argmax())], "probabilities": {l: round(float(v), 6) for l, v in zip(self.labels, p)}}
-                for p in probs]
+        return [prediction(self.labels, p) for p in probs]
 
     def evaluate(self, rows: Sequence[Mapping[str, str]], *, batch_size: int = 16, progress: bool = False) -> dict:
         from .metrics import classification_metrics

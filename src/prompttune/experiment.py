@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .config import RunConfig, _validate
+from .config import RunConfig, validate_config
 from .errors import ConfigError, PromptTuneError
 from .files import atomic_write_bytes, atomic_write_text, write_json
 from .report import md_table
@@ -127,7 +127,7 @@ def read_grid(path: str | Path, overrides: list[str] | None = None) -> Grid:
 
 def expand(raw: dict, *, where: str = "grid", overrides: list[str] | None = None) -> Grid:
     """Expand a grid mapping (base config + ``grid`` section) into validated cells."""
-    from .config import _apply
+    from .config import apply_overrides
     from .methods import METHODS, make_method
     from .template import Template
 
@@ -149,9 +149,9 @@ def expand(raw: dict, *, where: str = "grid", overrides: list[str] | None = None
     if not isinstance(grid.get("keep_backbones", False), bool):
         raise ConfigError(f"grid.keep_backbones must be true or false, got {grid['keep_backbones']!r}", where=f"{where}: grid.keep_backbones",
                           fix="write keep_backbones: true to keep each fine-tuned cell's backbone copy")
-    raw = _apply(raw, overrides)
+    raw = apply_overrides(raw, overrides)
     base_where = f"{where} (base config)"
-    base = _validate({k: v for k, v in raw.items()}, base_where)
+    base = validate_config({k: v for k, v in raw.items()}, base_where)
     base_raw = base.model_dump(mode="json")
     base_raw["zero_shot_baseline"] = False  # zero-shot is a method of its own in a grid
 
@@ -161,11 +161,7 @@ def expand(raw: dict, *, where: str = "grid", overrides: list[str] | None = None
     models: list[tuple[str, dict]] = []
     for i, entry in enumerate(grid.get("models") or [base_raw["model"]["name"]]):
         w = f"{where}: grid.models[{i}]"
-        if isinstance(entry, str):
-            entry = {"name": entry}
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-            raise ConfigError(f"a model entry must be a name or a mapping with `name`, got {entry!r}", where=w,
-                              fix="write e.g. - smollm2-135m, or - {name: path/to/model, family: causal-lm}")
+        entry = _named_entry(entry, "model", w, "- smollm2-135m, or - {name: path/to/model, family: causal-lm}")
         label = _slug(str(entry.get("label") or Path(entry["name"]).name or entry["name"]))
         if label in [m for m, _ in models]:
             raise ConfigError(f"two models are labelled {label!r}", where=w, fix="give each model entry its own `label`")
@@ -175,11 +171,7 @@ def expand(raw: dict, *, where: str = "grid", overrides: list[str] | None = None
     mlist = grid["methods"] if isinstance(grid["methods"], list) else [grid["methods"]]
     for i, entry in enumerate(mlist):
         w = f"{where}: grid.methods[{i}]"
-        if isinstance(entry, str):
-            entry = {"name": entry}
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-            raise ConfigError(f"a method entry must be a name or a mapping with `name`, got {entry!r}", where=w,
-                              fix="write e.g. - soft-prompt, or - {name: soft-prompt, num_tokens: 20, train: {lr: 0.03}}")
+        entry = _named_entry(entry, "method", w, "- soft-prompt, or - {name: soft-prompt, num_tokens: 20, train: {lr: 0.03}}")
         if entry["name"] not in METHODS:
             raise ConfigError(f"unknown method {entry['name']!r}", where=f"{w}.name", fix=f"use one of: {', '.join(METHODS)}")
         label = _slug(str(entry.get("label") or entry["name"]))
@@ -202,7 +194,7 @@ def expand(raw: dict, *, where: str = "grid", overrides: list[str] | None = None
     cells: list[Cell] = []
     for mlabel, mcfg in models:
         for label, method_cfg, over in methods:
-            zero = method_cfg["name"] == "zero-shot"
+            zero = not METHODS[method_cfg["name"]].trainable  # trains nothing: one cell, whatever the shots and seeds
             for k in ([0] if zero else shots):
                 for s in ([0] if zero else seeds):
                     c = _merge(base_raw, over)
@@ -215,7 +207,7 @@ def expand(raw: dict, *, where: str = "grid", overrides: list[str] | None = None
                         c["train"]["seed"] = s
                     cell = Cell(model=mlabel, method=label, shots=k, seed=s, config=None)  # type: ignore[arg-type]
                     c["output"] = str(cell.directory(output))
-                    cell.config = _validate(c, f"{where}: cell {mlabel}/{label}/shots={k}/seed={s}")
+                    cell.config = validate_config(c, f"{where}: cell {mlabel}/{label}/shots={k}/seed={s}")
                     if zero and Template(cell.config.prompt.template).has_soft:
                         raise ConfigError("zero-shot cannot score a template with untrained {soft} tokens",
                                           where=f"{where}: grid.methods ({label})",
@@ -226,11 +218,23 @@ def expand(raw: dict, *, where: str = "grid", overrides: list[str] | None = None
                 methods=[m for m, _, _ in methods], models=[m for m, _ in models])
 
 
+def _named_entry(entry, what: str, where: str, example: str) -> dict:
+    """A grid entry as a mapping with a ``name`` (a bare name is short for ``{name: ...}``)."""
+    if isinstance(entry, str):
+        entry = {"name": entry}
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        raise ConfigError(f"a {what} entry must be a name or a mapping with `name`, got {entry!r}", where=where,
+                          fix=f"write e.g. {example}")
+    return entry
+
+
 # ---- running ---------------------------------------------------------------------------------
-def _cell_fingerprint(cfg: RunConfig) -> dict:
+def cell_fingerprint(cfg: RunConfig) -> dict:
     d = cfg.model_dump(mode="json")
     d["train"].pop("progress", None)
-    if d["method"]["name"] == "zero-shot":  # trains nothing and does not sample: only the test side matters
+    from .methods import METHODS
+
+    if not METHODS[d["method"]["name"]].trainable:  # trains nothing and does not sample: only the test side matters
         d["train"] = {"eval_batch_size": d["train"]["eval_batch_size"]}
         for k in ("shots_per_class", "dev_shots_per_class", "seed", "dev"):
             d["data"].pop(k, None)
@@ -244,17 +248,17 @@ def cell_done(cell: Cell, root: Path) -> dict | None:
         rec = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if not isinstance(rec, dict) or rec.get("config") != _cell_fingerprint(cell.config) or "accuracy" not in rec:
+    if not isinstance(rec, dict) or rec.get("config") != cell_fingerprint(cell.config) or "accuracy" not in rec:
         return None
     return rec
 
 
 def run_cell(cell: Cell, root: Path, *, keep_backbones: bool = False, progress: bool = False) -> dict:
     """Run one cell into its own directory (its log in train.log); record cell.json last, atomically."""
-    from .pipeline import _is_main_process, run_training
+    from .pipeline import is_main_process, run_training
 
     d = cell.directory(root)
-    main = _is_main_process()
+    main = is_main_process()
     if main and d.exists():  # half done (or done with another config): start it afresh
         shutil.rmtree(d)
     lines: list[str] = []
@@ -268,7 +272,7 @@ def run_cell(cell: Cell, root: Path, *, keep_backbones: bool = False, progress: 
            "accuracy": res.get("accuracy"), "macro_f1": res.get("macro_f1"), "n": res.get("n"),
            "trainable_parameters": res.get("trainable_parameters"), "artifact_bytes": res.get("artifact_bytes"),
            "train_steps": (res.get("training") or {}).get("steps"), "best_step": (res.get("training") or {}).get("best_step"),
-           "seconds": res.get("seconds_total"), "config": _cell_fingerprint(cell.config)}
+           "seconds": res.get("seconds_total"), "config": cell_fingerprint(cell.config)}
     write_json(d / CELL_JSON, rec)
     return rec
 
@@ -278,11 +282,11 @@ def run_grid(grid: Grid, *, progress: bool = True, log: Callable[[str], None] = 
     """Run every cell not yet done, then write the results table and plot. Returns the summary."""
     from tqdm.auto import tqdm
 
-    from .pipeline import _is_main_process
+    from .pipeline import is_main_process
 
     runner = runner or run_cell
     root = grid.output
-    main = _is_main_process()
+    main = is_main_process()
     if not main:
         progress, log = False, (lambda m: None)
     root.mkdir(parents=True, exist_ok=True)

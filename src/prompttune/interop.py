@@ -22,14 +22,19 @@ import torch
 
 from .errors import ArtifactError
 
-SUPPORTED_FAMILIES = ("causal-lm",)
-
 
 def _peft_ready(pm, what: str) -> None:
-    fam = pm.backbone.family.name
-    if fam not in SUPPORTED_FAMILIES:
-        raise ArtifactError(f"{what} on a {fam} backbone has no PEFT equivalent that gives the same outputs",
+    fam = pm.backbone.family
+    if fam.peft_task_type is None:
+        raise ArtifactError(f"{what} on a {fam.name} backbone has no PEFT equivalent that gives the same outputs",
                             fix="PEFT export works for soft-prompt and prefix artifacts on causal LMs")
+
+
+def _method_for(peft_type: str) -> str:
+    """The registered method whose prompt is a PEFT adapter of this type."""
+    from .methods import METHODS
+
+    return next(name for name, m in METHODS.items() if m.peft_type == peft_type)
 
 
 def _leading_soft_count(pm) -> int:
@@ -46,30 +51,31 @@ def _leading_soft_count(pm) -> int:
 
 def _without_leading_soft(template) -> str:
     """The template text PEFT's virtual tokens go in front of."""
-    from .template import Soft, _segment_text
+    from .template import Soft, segment_text
 
     segs = list(template.segments)
     while segs and isinstance(segs[0], Soft):
         segs.pop(0)
-    return "".join(_segment_text(s) for s in segs)
+    return "".join(segment_text(s) for s in segs)
 
 
 def export_peft(pm, directory) -> Path:
     """Write ``pm``'s prompt as a PEFT adapter directory; returns its path."""
     from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
 
-    name = pm.method.name
-    if name not in ("soft-prompt", "prefix"):
+    name, kind = pm.method.name, pm.method.peft_type
+    if kind is None:
         raise ArtifactError(f"method {name!r} has no PEFT prompt-learning equivalent", fix="export soft-prompt or prefix artifacts")
     _peft_ready(pm, name)
-    if getattr(pm.method, "_head", None):
+    if pm.method.trained_head:
         raise ArtifactError("this prompt was trained with a task head, which PEFT's prompt adapters do not carry",
                             fix="export prompts trained on language-model backbones")
     model = pm.backbone.model
-    if name == "soft-prompt":
+    task_type = pm.backbone.family.peft_task_type
+    if kind == "PROMPT_TUNING":
         n = _leading_soft_count(pm)
-        weight = pm.method.soft().detach().float().cpu()
-        cfg = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=n, token_dim=weight.shape[1])
+        weight = pm.method.soft_table(pm.backbone).detach().float().cpu()
+        cfg = PromptTuningConfig(task_type=task_type, num_virtual_tokens=n, token_dim=weight.shape[1])
     else:
         if pm.method.soft is not None:
             raise ArtifactError("a prefix prompt with soft tokens in its template cannot be one PEFT adapter", where="template",
@@ -80,7 +86,7 @@ def export_peft(pm, directory) -> Path:
             raise ArtifactError("layers with different key/value shapes have no PEFT prefix equivalent", fix="-")
         # PEFT's layout: (P, layers * 2 * heads * head_dim), keys and values of layer i at 2i and 2i + 1
         weight = torch.stack([t.transpose(0, 1) for kv in pairs for t in kv], dim=1).reshape(P, -1)
-        cfg = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P, num_layers=len(pairs), token_dim=H * D,
+        cfg = PrefixTuningConfig(task_type=task_type, num_virtual_tokens=P, num_layers=len(pairs), token_dim=H * D,
                                  num_attention_heads=H, prefix_projection=False)
     out = Path(directory)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -94,7 +100,7 @@ def export_peft(pm, directory) -> Path:
             emb.copy_(weight.to(emb.dtype))
         peft_model.save_pretrained(tmp)
         (tmp / "prompttune.json").write_text(json.dumps({
-            "template": _without_leading_soft(pm.template) if name == "soft-prompt" else pm.template.text, "verbalizer": pm.verbalizer.to_dict(), "method": pm.method.config_dict(),
+            "template": _without_leading_soft(pm.template) if kind == "PROMPT_TUNING" else pm.template.text, "verbalizer": pm.verbalizer.to_dict(), "method": pm.method.config_dict(),
             "backbone": pm.backbone.name, "note": "PEFT adapters carry no template or verbalizer; prompttune keeps them here",
         }, indent=2, ensure_ascii=False), encoding="utf-8")
         if out.exists():
@@ -153,7 +159,7 @@ def import_peft(adapter_dir, backbone, template: str | None = None, verbalizer=N
         if tpl.has_soft:
             raise ArtifactError("a prefix adapter is imported onto a template without {soft} placeholders", where="template",
                                 fix="remove the {soft} placeholders")
-        pm = PromptModel(backbone, tpl, verbalizer, "prefix", method_options={"init": "random", "num_tokens": cfg.num_virtual_tokens},
+        pm = PromptModel(backbone, tpl, verbalizer, _method_for(kind), method_options={"init": "random", "num_tokens": cfg.num_virtual_tokens},
                          init=False)
         _peft_ready(pm, "a prefix adapter")
         L, H = cfg.num_layers, cfg.num_attention_heads
@@ -171,7 +177,8 @@ def import_peft(adapter_dir, backbone, template: str | None = None, verbalizer=N
         raise ArtifactError("a prompt-tuning adapter brings its own virtual tokens; the template must have no {soft}", where="template",
                             fix="remove the {soft} placeholders")
     n = cfg.num_virtual_tokens
-    pm = PromptModel(backbone, tpl.with_soft_prefix(n), verbalizer, "soft-prompt", method_options={"init": "random"}, init=False)
+    pm = PromptModel(backbone, tpl.with_soft_prefix(n), verbalizer, _method_for("PROMPT_TUNING"), method_options={"init": "random"},
+                     init=False)
     _peft_ready(pm, "a prompt-tuning adapter")
     with torch.no_grad():
         pm.method.soft.weight.copy_(emb[:n])

@@ -3,32 +3,57 @@
 This is the Python API's centre::
 
     from prompttune import PromptModel
-    pm = PromptModel.from_pretrained("smollm2-135m", template="Review: {text}\\nSentiment: {mask}",
-                                     verbalizer={"negative": "negative", "positive": "positive"}, method="soft-prompt")
+    pm = PromptModel("smollm2-135m", "Review: {text}\\nSentiment: {mask}", {"negative": "negative", "positive": "positive"},
+                     method="prefix")                  # the default method; a Backbone object works in place of the name
     pm.fit(train_rows, dev_rows)
     print(pm.evaluate(test_rows)["accuracy"])
-    pm.save("out/")
-    pm = prompttune.load("out/")
+    pm.save_pretrained("out/")
+    pm = PromptModel.from_pretrained("out/")            # (prompttune.load("out/") loads any task's artifact)
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from typing import Iterable, Mapping, Sequence
+from typing import ClassVar, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from .backbone import Backbone, Rows
-from .errors import ConfigError
-from .methods import Method, make_method
+from .errors import ArtifactError, ConfigError
+from .methods import METHODS, Method, make_method
+from .progress import progress_bar
+from .schemas import DEFAULT_METHOD
 from .template import Renderer, Template, tail_is_empty
-from .verbalizer import CONTENT_FREE_INPUTS, Verbalizer
+from .verbalizer import CONTENT_FREE_INPUTS, Verbalizer, prediction
 
 
 class Tunable:
-    """What every prompt model (classification, generation) shares: training through the one trainer."""
+    """What every prompt model (classification, generation) shares: training through the one trainer, and saving
+    and loading as transformers and PEFT do (``save_pretrained`` / ``from_pretrained`` of the saved artifact)."""
+
+    task: ClassVar[str]  # the registered task type (``prompttune.tasks``) that trains, evaluates and saves this model
+
+    @classmethod
+    def from_pretrained(cls, directory, *, backbone: Backbone | None = None):
+        """Load an artifact written by :meth:`save_pretrained` (or ``prompttune train``). ``backbone``: one already in
+        memory to attach it to (refused when the artifact was trained on another)."""
+        from .artifact import load
+
+        model = load(directory, backbone=backbone)
+        if not isinstance(model, cls):
+            raise ArtifactError(f"{directory} holds a {model.task} artifact, not a {cls.task} one", where=str(directory),
+                                fix=f"load it with {type(model).__name__}.from_pretrained, or with prompttune.load")
+        return model
+
+    def save_pretrained(self, directory, **extra):
+        """Write the artifact (prompt.json + prompt.safetensors, and the backbone if the method trained it)."""
+        from .artifact import save
+
+        return save(self, directory, **extra)
+
+    save = save_pretrained
 
     def fit(self, train_rows, dev_rows=None, **train_options):
         from .train import TrainConfig, train
@@ -59,17 +84,27 @@ class Tunable:
 class PromptModel(Tunable, nn.Module):
     """Backbone + template + verbalizer + method. ``forward(rows)`` gives (B, C) class log-probabilities."""
 
-    def __init__(self, backbone: Backbone, template: Template | str, verbalizer: Verbalizer | Mapping | Sequence,
-                 method: Method | str = "soft-prompt", *, max_length: int = 256, padding_side: str = "right",
-                 method_options: dict | None = None, init: bool = True, seed: int = 0, demonstrations=None):
+    task = "classification"
+
+    def __init__(self, backbone: Backbone | str, template: Template | str, verbalizer: Verbalizer | Mapping | Sequence,
+                 method: Method | str = DEFAULT_METHOD, *, max_length: int = 256, padding_side: str = "right",
+                 method_options: dict | None = None, init: bool = True, seed: int = 0, demonstrations=None,
+                 backbone_options: dict | None = None):
+        """``backbone``: a :class:`Backbone`, or a model name (short name, hub id, directory, .gguf) loaded with
+        ``backbone_options`` (family, dtype, gguf_file, revision, trust_remote_code)."""
         super().__init__()
         template = template if isinstance(template, Template) else Template(template)
         verbalizer = Verbalizer.from_spec(verbalizer)
         verbalizer.check_classes()
+        if not isinstance(method, Method) and method not in METHODS:
+            make_method(method)  # the unknown-method error, before any model loads
+        if not isinstance(backbone, Backbone):
+            needs_head = method.needs_task_head if isinstance(method, Method) else METHODS[method].needs_task_head
+            backbone = Backbone.load(backbone, num_labels=len(verbalizer.labels), task_head=needs_head, **(backbone_options or {}))
         method = method if isinstance(method, Method) else make_method(method, **(method_options or {}))
-        if method.family and backbone.family.name != method.family:
-            raise ConfigError(f"method {method.name!r} needs a {method.family} backbone, but {backbone.name!r} is loaded as {backbone.family.name}",
-                              where="model.family", fix=f"load the model with family: {method.family}")
+        if method.needs_task_head and not backbone.family.has_task_head:
+            raise ConfigError(f"method {method.name!r} needs a model with a classification head, but {backbone.name!r} is loaded as "
+                              f"{backbone.family.name}", where="model.family", fix="load the model with family: encoder-head")
         if padding_side not in ("left", "right"):
             raise ConfigError(f"padding_side must be left or right, got {padding_side!r}", where="padding_side", fix="use left or right")
         template = method.prepare_template(template)
@@ -107,21 +142,6 @@ class PromptModel(Tunable, nn.Module):
         self.demonstrations = demonstrations
         self._render_cache.clear()
 
-    # ---- construction ----------------------------------------------------------------------
-    @classmethod
-    def from_pretrained(cls, model: str, template: str, verbalizer, method: str = "soft-prompt", *,
-                        method_options: dict | None = None, family: str | None = None, dtype: str = "float32",
-                        gguf_file: str | None = None, trust_remote_code: bool = False, revision: str | None = None,
-                        **kw) -> "PromptModel":
-        from .methods import METHODS
-
-        verbalizer = Verbalizer.from_spec(verbalizer)
-        mcls = METHODS.get(method)
-        family = family or (mcls.family if mcls else None)
-        backbone = Backbone.load(model, family=family, num_labels=len(verbalizer.labels), dtype=dtype, gguf_file=gguf_file,
-                                 trust_remote_code=trust_remote_code, revision=revision)
-        return cls(backbone, template, verbalizer, method, method_options=method_options, **kw)
-
     @property
     def labels(self) -> list[str]:
         return self.verbalizer.labels
@@ -156,9 +176,7 @@ class PromptModel(Tunable, nn.Module):
     # ---- scoring ---------------------------------------------------------------------------
     def forward(self, batch: Rows, *, calibrate: bool = True) -> torch.Tensor:
         batch = batch.to(self.device)
-        self.backbone.set_prefix(self.method.prefix_kv(self.backbone))
-        embeds = self.method.embed(self.backbone, batch.input_ids, batch.soft_index)
-        scores = self.backbone.family.word_scores(embeds, batch)
+        scores = self.backbone.family.word_scores(self.method.model_inputs(self.backbone, batch), batch)
         if not self.backbone.family.uses_verbalizer:
             if calibrate and self.verbalizer.calibration is not None:
                 scores = scores - torch.tensor(self.verbalizer.calibration, device=scores.device)
@@ -174,7 +192,7 @@ class PromptModel(Tunable, nn.Module):
         self.eval()
         out = torch.empty(len(rows), len(self.labels))
         batches = length_batches([self.length(r) for r in rows], batch_size, shuffle=False)
-        bar = _progress(progress, len(rows), "predict")
+        bar = progress_bar(progress, len(rows), "predict")
         for idx in batches:
             out[idx] = self(self.collate([rows[i] for i in idx]), calibrate=calibrate).float().cpu()
             bar.update(len(idx))
@@ -186,8 +204,7 @@ class PromptModel(Tunable, nn.Module):
         """Labels with per-class probabilities. A plain string fills the template's only field."""
         rows = [self._as_row(x, i) for i, x in enumerate(inputs)]
         probs = self.predict_log_probs(rows, batch_size=batch_size).exp()
-        return [{"label": self.labels[int(p.argmax())], "probabilities": {l: round(float(v), 6) for l, v in zip(self.labels, p)}}
-                for p in probs]
+        return [prediction(self.labels, p) for p in probs]
 
     def calibrate(self) -> list[float]:
         """Contextual calibration: score content-free inputs ("N/A", "", "[MASK]") and store the bias."""
@@ -213,20 +230,4 @@ class PromptModel(Tunable, nn.Module):
         m["probabilities"] = logp.exp().max(-1).values.tolist()
         return m
 
-    # ---- training, saving ------------------------------------------------------------------
 
-    def save(self, directory, **extra) -> "object":
-        from .artifact import save
-
-        return save(self, directory, **extra)
-
-
-def _progress(enabled: bool, total: int, desc: str):
-    if not enabled:
-        class _Null:
-            def update(self, n): ...
-            def close(self): ...
-        return _Null()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="ex", dynamic_ncols=True, leave=False)

@@ -60,35 +60,35 @@ def md_table(header: list[Any], rows: list[list[Any]], align: list[str] | None =
     return "\n".join(lines)
 
 
-def _fmt_float(value: Any, digits: int = 4) -> str:
+def _number(value: Any, cast):
+    """``value`` as a number (``cast``) and None, or None and the text shown instead ("—" for no value)."""
     if value is None:
-        return "—"
+        return None, "—"
     try:
-        f = float(value)
+        return cast(value), None
     except (TypeError, ValueError):
-        return str(value)
+        return None, str(value)
+
+
+def _fmt_float(value: Any, digits: int = 4) -> str:
+    f, shown = _number(value, float)
+    if shown is not None:
+        return shown
     if math.isnan(f):
         return "nan"
     return f"{f:.{digits}f}"
 
 
 def _fmt_int(value: Any) -> str:
-    if value is None:
-        return "—"
-    try:
-        return str(int(value))
-    except (TypeError, ValueError):
-        return str(value)
+    n, shown = _number(value, int)
+    return shown if shown is not None else str(n)
 
 
 def _fmt_bytes(value: Any) -> str:
     """``123456`` -> ``"123456 (120.6 KiB)"``; small sizes stay bare."""
-    if value is None:
-        return "—"
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        return str(value)
+    n, shown = _number(value, int)
+    if shown is not None:
+        return shown
     if abs(n) < 1024:
         return str(n)
     size = float(n)

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError, TemplateError
-from .template import Field, Mask, Template, Text, _segment_text, tail_is_empty
+from .progress import progress_bar
+from .template import Field, Mask, Template, Text, segment_text, tail_is_empty
 from .verbalizer import Verbalizer
 
 
@@ -103,7 +104,6 @@ def _check_searchable(pm) -> None:
 def mask_log_probs(pm, rows: Sequence[Mapping[str, str]], *, batch_size: int = 16, progress: bool = False) -> torch.Tensor:
     """(N, V) log-probabilities of every vocabulary token as the first token at the mask (a causal LM: the next token)."""
     from .data import length_batches
-    from .model import _progress
 
     _check_searchable(pm)
     fam = pm.backbone.family
@@ -113,11 +113,10 @@ def mask_log_probs(pm, rows: Sequence[Mapping[str, str]], *, batch_size: int = 1
     was_training = pm.training
     pm.eval()
     out = torch.empty(len(rows), V)
-    bar = _progress(progress, len(rows), "mask scores")
+    bar = progress_bar(progress, len(rows), "mask scores")
     for idx in length_batches([pm.length(r) for r in rows], batch_size, shuffle=False):
         batch = fam.build([pm.render(rows[i]) for i in idx], vocab, fast=True, padding_side=pm.padding_side).to(pm.device)
-        embeds = pm.method.embed(pm.backbone, batch.input_ids, batch.soft_index)
-        out[idx] = fam.word_scores(embeds, batch).float().log_softmax(-1).cpu()
+        out[idx] = fam.word_scores(pm.method.model_inputs(pm.backbone, batch), batch).float().log_softmax(-1).cpu()
         bar.update(len(idx))
     bar.close()
     pm.train(was_training)
@@ -285,7 +284,7 @@ def _split_seed(template: Template):
 
 
 def _join(segs) -> str:
-    return "".join(_segment_text(s) for s in segs)
+    return "".join(segment_text(s) for s in segs)
 
 
 def template_candidates(seed: str, verbalizer, *, cues: Sequence[str] = CUES, frames: Sequence[str] = FRAMES,
@@ -364,9 +363,8 @@ def generate_cues(pm, train_rows, *, length: int = 3, beam: int = 3, proposals: 
             scores[cue] = -loss
         return scores[cue]
 
-    from .model import _progress
 
-    bar = _progress(progress, length * beam * proposals, "generate")
+    bar = progress_bar(progress, length * beam * proposals, "generate")
     beams = [""]
     kept: dict[str, float] = {}
     for _ in range(length):
@@ -409,9 +407,8 @@ def search_templates(pm, train_rows, dev_rows, *, cues: Sequence[str] = CUES, fr
     if generate:
         made = generate_cues(pm, train_rows, progress=progress, batch_size=batch_size)[:generate]
         pool += [("generated", t) for t, _ in made if t not in {t for _, t in pool}]
-    from .model import _progress
 
-    bar = _progress(progress, len(pool) + 1, "templates")
+    bar = progress_bar(progress, len(pool) + 1, "templates")
     cands: list[Candidate] = []
     for kind, text in pool:
         acc, loss = score_prompt(pm, text, words, dev_rows, batch_size=batch_size)
@@ -441,14 +438,13 @@ def run_search(cfg, what: str = "both", *, per_class: int = 5, max_candidates: i
                generate: int = 0, progress: bool = True, log=print, backbone=None) -> dict:
     """Search as configured. ``what``: verbalizer, template or both (label words first, then templates with the best
     words). Returns {"verbalizer": SearchResult, "template": SearchResult, "config": the best as a RunConfig}."""
-    from .pipeline import build_model, load_splits
+    from .tasks import ClassificationTask
 
     if what not in ("verbalizer", "template", "both"):
         raise ConfigError(f"--what {what!r}", where="search", fix="use verbalizer, template or both")
-    train, dev, _ = load_splits(cfg)
+    train, dev, _ = ClassificationTask.load_splits(cfg)
     log(f"data: {len(train)} train, {len(dev)} dev examples")
-    zcfg = cfg.model_copy(update={"method": type(cfg.method).model_validate({"name": "zero-shot"})}, deep=True)
-    pm = build_model(zcfg, backbone=backbone)
+    pm = ClassificationTask.build(cfg, backbone, method="zero-shot")
     pm.template.check(needs_mask=True, columns=train[0].keys())
     _attach_demonstrations(cfg, pm, train)
     out: dict = {}

@@ -216,13 +216,13 @@ class Template:
             if isinstance(seg, Text):
                 core = seg.text.strip()
                 if not core or "{" in core or "}" in core:
-                    out.append(_segment_text(seg))
+                    out.append(segment_text(seg))
                     continue
                 lead = seg.text[: len(seg.text) - len(seg.text.lstrip())]
                 trail = seg.text[len(seg.text.rstrip()):]
                 out.append(f"{lead}{{soft:{core}}}{trail}")
             else:
-                out.append(_segment_text(seg))
+                out.append(segment_text(seg))
         return Template("".join(out))
 
     def check(self, *, needs_mask: bool, columns: Iterable[str] | None = None, where: str = "template") -> None:
@@ -242,6 +242,16 @@ class Template:
                 col = next(c for c, seg in _parse_columns(self.text) if isinstance(seg, Field) and seg.name == missing[0])
                 raise _column_error(self.text, col, f"field {{{missing[0]}}} is not a column of the data (columns: {', '.join(sorted(columns)) or 'none'})",
                                     "rename the field to a column, or map it with data.columns: {%s: YOUR_COLUMN}" % missing[0])
+
+    def check_generation(self, target: str, columns: Iterable[str] | None = None, where: str = "prompt.template") -> None:
+        """A generation template places the source and has no {mask}; the target is not one of its fields."""
+        if self.n_masks:
+            raise TemplateError(f"the template {self.text!r} has a {{mask}}; a generation template places only the source",
+                                where=where, fix="drop {mask}: the target is generated after the template (causal LM) or by the decoder (seq2seq)")
+        if target in self.fields:
+            raise TemplateError(f"the target field {{{target}}} is in the template, so the model would see the answer",
+                                where=where, fix=f"remove {{{target}}} from the template; prompt.target names the field to generate")
+        self.check(needs_mask=False, columns=columns, where=where)
 
     def soft_groups(self, tokenizer) -> list[SoftGroup]:
         """The distinct soft-token groups in order; named groups appear once."""
@@ -325,25 +335,6 @@ class Renderer:
             raise TemplateError(f"the template needs {fixed} tokens before any input, max_length is {max_length}",
                                 where="template", fix="raise max_length or use fewer soft tokens")
 
-    def _cut(self, value: str, toks: list[int], keep: int) -> str:
-        """The prefix of ``value`` spanned by its first ``keep`` tokens, cut at a character boundary.
-
-        Decoding a token prefix would split characters that take several byte-level tokens (emoji, rare CJK)
-        into U+FFFD, which re-encodes longer, so truncation never converged; offsets keep the original text."""
-        if keep <= 0:
-            return ""
-        try:
-            offsets = self.tokenizer(value, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        except Exception:  # tokenizers without offsets (slow / Python backends)
-            offsets = None
-        if offsets is not None and len(offsets) == len(toks):
-            end = offsets[keep - 1][1]
-            if keep < len(offsets):
-                end = min(end, offsets[keep][0])  # a character split over the cut is dropped whole
-            if end < len(value):
-                return value[:end]
-        return self.tokenizer.decode(toks[:keep]).rstrip("\ufffd")
-
     def _tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
@@ -408,7 +399,7 @@ class Renderer:
                 break
             toks = lengths[longest]
             keep = max(len(toks) - over, 0)
-            values[longest] = self._cut(values[longest], toks, keep)
+            values[longest] = cut_text(self.tokenizer, values[longest], toks, keep)
             out = self._assemble(values)
         if len(out.ids) > budget:
             raise TemplateError(f"cannot fit the example into max_length={self.max_length} by truncating fields",
@@ -453,7 +444,27 @@ def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:
     return [], []
 
 
-def _segment_text(seg: Segment) -> str:
+def cut_text(tokenizer, value: str, toks: list[int], keep: int) -> str:
+    """The prefix of ``value`` spanned by its first ``keep`` tokens (``toks``: its tokens), cut at a character boundary.
+
+    Decoding a token prefix would split characters that take several byte-level tokens (emoji, rare CJK)
+    into U+FFFD, which re-encodes longer, so truncation never converged; offsets keep the original text."""
+    if keep <= 0:
+        return ""
+    try:
+        offsets = tokenizer(value, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    except Exception:  # tokenizers without offsets (slow / Python backends)
+        offsets = None
+    if offsets is not None and len(offsets) == len(toks):
+        end = offsets[keep - 1][1]
+        if keep < len(offsets):
+            end = min(end, offsets[keep][0])  # a character split over the cut is dropped whole
+        if end < len(value):
+            return value[:end]
+    return tokenizer.decode(toks[:keep]).rstrip("\ufffd")
+
+
+def segment_text(seg: Segment) -> str:
     if isinstance(seg, Text):
         return seg.text.replace("{", "{{").replace("}", "}}")
     if isinstance(seg, Field):

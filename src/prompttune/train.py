@@ -16,43 +16,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 
 from .errors import ConfigError
+from .schemas import TrainConfig
 from .files import recover_directory, replace_directory
-
-
-class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    lr: float | None = Field(None, gt=0, description="learning rate (default: the method's, e.g. 3e-3 soft-prompt, 1e-5 prompt-finetune)")
-    batch_size: int = Field(8, ge=1, description="examples per optimizer step per process (before accumulation)")
-    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
-    max_steps: int | None = Field(None, ge=1, description="optimizer steps (default: from the data size, see steps_for)")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="fraction of steps of linear warm-up")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
-    eval_every: int | None = Field(None, ge=1, description="optimizer steps between dev evaluations (default: one epoch, at least 10)")
-    patience: int = Field(6, ge=1, description="stop after this many dev evaluations without improvement")
-    metric: Literal["accuracy", "macro_f1", "loss"] = Field(
-        "loss", description="dev metric for early stopping and best-state restore (accuracy and macro_f1 ties are broken by dev "
-                            "loss). Default loss: with 16 dev examples per class accuracy moves in steps of 3 points and picks noise")
-    seed: int = Field(0, ge=0, le=2**32 - 1, description="seed for initialisation, data order and dropout")
-    eval_batch_size: int = Field(16, ge=1, description="batch size for evaluation")
-    checkpoint_dir: str | None = Field(None, description="where the resumable checkpoint is written (None = no checkpoint)")
-    checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints (default: eval_every)")
-    resume: bool = Field(False, description="continue from the checkpoint in checkpoint_dir when there is one")
-    log_with: list[str] = Field(default_factory=list, description="accelerate trackers, e.g. [tensorboard] or [wandb]")
-    logging_dir: str | None = Field(None, description="directory for tracker logs")
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="accelerate mixed precision")
-    gradient_checkpointing: bool = Field(False, description="recompute activations in backward to save memory (slower steps)")
-    progress: bool = Field(True, description="show a progress bar")
-    stop_after: int | None = Field(None, ge=1, description="halt after this many steps as if interrupted (for resume tests)")
 
 
 def steps_for(n_train: int, batch_size: int) -> int:
@@ -76,13 +46,13 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)  # what the run could not do as asked, for the log
 
 
-def _batches_for_epoch(lengths, batch_size, seed, epoch):
+def batches_for_epoch(lengths, batch_size, seed, epoch):
     from .data import length_batches
 
     return length_batches(lengths, batch_size, shuffle=True, seed=seed * 100_003 + epoch)
 
 
-def _fold_small(batches: list[list[int]], world: int) -> list[list[int]]:
+def fold_small(batches: list[list[int]], world: int) -> list[list[int]]:
     """Under several processes every one needs a row of each batch: a batch shorter than ``world`` joins the one before it."""
     out: list[list[int]] = []
     for b in batches:
@@ -95,7 +65,7 @@ def _fold_small(batches: list[list[int]], world: int) -> list[list[int]]:
     return out
 
 
-class _EpochBatches:
+class EpochBatches:
     """A batch sampler that yields length-bucketed batches, reshuffled per epoch, forever; ``start_batch`` for resume.
 
     ``batch_size`` is the global batch: under ``world`` processes each yields its own contiguous share of every
@@ -109,9 +79,9 @@ class _EpochBatches:
     def __iter__(self):
         k, epoch = 0, 0
         while True:
-            batches = _batches_for_epoch(self.lengths, self.batch_size, self.seed, epoch)
+            batches = batches_for_epoch(self.lengths, self.batch_size, self.seed, epoch)
             if self.world > 1:
-                batches = _fold_small(batches, self.world)
+                batches = fold_small(batches, self.world)
             for b in batches:
                 if k >= self.start:
                     yield b if self.world == 1 else b[self.rank * len(b) // self.world:(self.rank + 1) * len(b) // self.world]
@@ -133,7 +103,9 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
                           fix="use soft-prompt, prompt-finetune or head-finetune, or run eval instead of train")
     if not train_rows:
         raise ConfigError("no training examples", where="data.train", fix="give a train file or built-in corpus")
-    task = pm.training_task() if hasattr(pm, "training_task") else ClassificationTask(pm)
+    from .tasks import task_of
+
+    task = task_of(pm)  # the loss, dev metrics and data checks of the model's task
     task.prepare(train_rows, dev_rows, cfg)
     pm.method.set_trainable(pm.backbone)
     own = pm.method.fit(pm, train_rows, dev_rows, cfg)  # methods with their own optimisation (no backpropagation)
@@ -149,7 +121,7 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
     if AcceleratorState._shared_state.get("_mixed_precision", cfg.mixed_precision) != cfg.mixed_precision:
         AcceleratorState._reset_state()  # accelerate keeps one state per process; a later run may ask another precision
 
-    # split_batches: each process takes a share of one global batch (see _EpochBatches), so the schedule steps once per step
+    # split_batches: each process takes a share of one global batch (see EpochBatches), so the schedule steps once per step
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
                               log_with=cfg.log_with or None, project_dir=cfg.logging_dir,
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
@@ -187,7 +159,7 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
         saved.load_parameters(pm)  # while the model is whole: FSDP2 and DeepSpeed take the values from it
         state, best = saved.meta["trainer"], saved.best
 
-    engine = _engine(accelerator)
+    engine = distributed_engine(accelerator)
     if engine == "deepspeed":  # DeepSpeed steps, accumulates and clips by its own config: this run's settings go there
         accelerator.state.deepspeed_plugin.deepspeed_config.update(
             train_micro_batch_size_per_gpu=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
@@ -209,7 +181,7 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
 
     indexed = list(enumerate(train_rows))
     # The loader is sharded here, not by accelerate: every process takes its share of the same global batch.
-    sampler = _EpochBatches(lengths, cfg.batch_size * world, cfg.seed, start_batch=state["step"] * cfg.grad_accum,
+    sampler = EpochBatches(lengths, cfg.batch_size * world, cfg.seed, start_batch=state["step"] * cfg.grad_accum,
                             rank=accelerator.process_index, world=world)
     loader = DataLoader(indexed, batch_sampler=sampler, collate_fn=collate)
     if cfg.log_with:
@@ -221,14 +193,14 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
                disable=not (cfg.progress and main), dynamic_ncols=True)
     def check_dev():
         """Evaluate on dev; on a new best, return the trainable state (every process calls this: gathering is collective)."""
-        dev = task.evaluate(dev_rows, cfg)
-        score = (-dev["loss"], 0.0) if cfg.metric == "loss" else (dev[cfg.metric], -dev["loss"])
-        state["history"].append({"step": state["step"], **{k: dev[k] for k in task.metrics}})
+        dev = task.evaluate_dev(dev_rows, cfg)
+        score = dev_score(dev, cfg.metric)
+        state["history"].append({"step": state["step"], **{k: dev[k] for k in task.dev_metrics}})
         if cfg.log_with:
-            accelerator.log({f"dev/{k}": dev[k] for k in task.metrics}, step=state["step"])
+            accelerator.log({f"dev/{k}": dev[k] for k in task.dev_metrics}, step=state["step"])
         if state["best_score"] is None or score > tuple(state["best_score"]):
             state.update(best_score=list(score), best_step=state["step"], bad_evals=0,
-                         best_dev={k: dev[k] for k in task.metrics})
+                         best_dev={k: dev[k] for k in task.dev_metrics})
             return trained_state(pm)
         state["bad_evals"] += 1
         return None
@@ -286,49 +258,13 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
                        trained=trained_state(pm) if engine else None, notes=notes)
 
 
-class ClassificationTask:
-    """What the loop needs from a classification model: label checks, the class loss, dev metrics.
-
-    A model for another task (e.g. :class:`prompttune.generation.GenerationModel`) provides its own through
-    ``training_task()``: ``prepare(train_rows, dev_rows, cfg)``, ``targets(rows)``, ``loss(model, batch, y)``,
-    ``evaluate(dev_rows, cfg)`` (a dict with at least ``loss``) and ``metrics`` (the dev keys to record)."""
-
-    metrics = ("accuracy", "macro_f1", "loss")
-
-    def __init__(self, pm):
-        self.pm = pm
-
-    def prepare(self, train_rows, dev_rows, cfg) -> None:
-        self.pm.verbalizer.check_labels([r["label"] for r in train_rows], where="training data")
-        if dev_rows:
-            self.pm.verbalizer.check_labels([r["label"] for r in dev_rows], where="dev data")
-        self.pm.verbalizer.calibration = None  # calibration is recomputed for the tuned prompt, never trained through
-
-    def targets(self, rows) -> torch.Tensor:
-        return self.pm.labels_tensor(rows)
-
-    def loss(self, model, batch, y) -> tuple[torch.Tensor, int]:
-        """The batch's mean loss and what it is a mean over (here rows)."""
-        logp = model(batch, calibrate=False)
-        return F.nll_loss(logp.float(), y.to(logp.device)), len(y)
-
-    def evaluate(self, dev_rows, cfg) -> dict:
-        return _dev_eval(self.pm, dev_rows, cfg)
+def dev_score(dev: dict, metric: str) -> tuple[float, float]:
+    """What early stopping and best-state restore maximise: the metric, ties broken by lower dev loss."""
+    return (-dev["loss"], 0.0) if metric == "loss" else (dev[metric], -dev["loss"])
 
 
 def _fmt(score):
     return "-" if score is None else f"{score[0]:.3f}"
-
-
-@torch.no_grad()
-def _dev_eval(pm, dev_rows, cfg) -> dict:
-    from .metrics import classification_metrics
-
-    logp = pm.predict_log_probs(dev_rows, batch_size=cfg.eval_batch_size, calibrate=False)
-    y = pm.labels_tensor(dev_rows)
-    m = classification_metrics(y.tolist(), logp.argmax(-1).tolist(), pm.labels)
-    m["loss"] = float(F.nll_loss(logp, y))
-    return m
 
 
 def _param_names(pm, params) -> list[str]:
@@ -339,7 +275,7 @@ def _param_names(pm, params) -> list[str]:
 # ---- trainable state, whole or sharded ------------------------------------------------------------
 # torch's distributed state-dict API gathers and scatters FSDP2 shards (and is a plain copy otherwise);
 # under DeepSpeed (ZeRO-1/2/3) the values are its float32 masters, read and written through deepspeed.utils.
-def _engine(accelerator) -> str | None:
+def distributed_engine(accelerator) -> str | None:
     """'fsdp2' or 'deepspeed' when accelerate hands the model to one of them; None for one process or DDP."""
     from accelerate.utils import DistributedType
 

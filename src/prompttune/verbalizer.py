@@ -20,6 +20,11 @@ from .errors import VerbalizerError
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")
 
 
+def prediction(labels: Sequence[str], probs) -> dict:
+    """One answer: the most probable label and every label's probability (rounded to 6 places)."""
+    return {"label": labels[int(probs.argmax())], "probabilities": {l: round(float(v), 6) for l, v in zip(labels, probs)}}
+
+
 class Verbalizer:
     def __init__(self, words: Mapping[str, str | Sequence[str]] | Sequence[str], *, calibration: Sequence[float] | None = None):
         if isinstance(words, (list, tuple)):

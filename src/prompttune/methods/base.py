@@ -8,25 +8,15 @@ call this interface; adding a method is adding a file.
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 from torch import nn
 
 from ..errors import ArtifactError, ConfigError, TemplateError, validation_summary
+from ..schemas import MethodOptions
 from ..template import Template
-
-
-class MethodOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    init: Literal["auto", "text", "labels", "vocab", "random"] = Field(
-        "auto", description="how soft tokens start: from their {soft:words}, from the label words, from sampled vocabulary "
-                            "rows, or random. auto = the words in the template where given, else the label words")
-    encoder: Literal["none", "mlp", "lstm"] = Field(
-        "none", description="P-tuning reparameterisation of the soft tokens (trained and saved with the prompt)")
-    encoder_hidden: int = Field(0, ge=0, description="hidden size of the prompt encoder (0 = the model's hidden size)")
 
 
 _SOFT_INITS = ("auto", "text", "labels", "vocab", "random")
@@ -96,13 +86,18 @@ class Method(nn.Module):
     """Base class. Subclasses set ``name`` and the class flags, and may override the hooks."""
 
     name: ClassVar[str]
-    Options: ClassVar[type[MethodOptions]] = MethodOptions
-    family: ClassVar[str | None] = None  # a family the method needs, or None for any
-    trains_backbone: ClassVar[bool] = False
-    trainable: ClassVar[bool] = True
-    needs_mask: ClassVar[bool] = True
+    Options: ClassVar[type[BaseModel]] = MethodOptions  # its schema, from prompttune.schemas (METHOD_OPTIONS)
     default_lr: ClassVar[float] = 1e-3
     description: ClassVar[str] = ""
+    # What the method can do: callers (trainer, artifact, server, PEFT interop, experiments) ask these, never the name.
+    trainable: ClassVar[bool] = True  # has parameters to train
+    trains_backbone: ClassVar[bool] = False  # trains the backbone's own weights (saved with the artifact)
+    needs_mask: ClassVar[bool] = True  # scores label words at the template's {mask}
+    needs_task_head: ClassVar[bool] = False  # needs a backbone with a classification head (encoder + head)
+    generates: ClassVar[bool] = True  # can drive a generation task
+    servable: ClassVar[bool] = False  # a server can run it on a frozen backbone shared with other prompts
+    shares_batch: ClassVar[bool] = False  # its prompt is soft rows of the input: rows of other prompts share its forward
+    peft_type: ClassVar[str | None] = None  # the PEFT prompt-learning adapter that is the same prompt (export / import)
 
     def __init__(self, **options):
         super().__init__()
@@ -134,6 +129,11 @@ class Method(nn.Module):
                     self.soft.weight.copy_(_init_rows(backbone, template, verbalizer, how if how in _SOFT_INITS else "auto", n, seed))
             self.soft.to(backbone.model.get_input_embeddings().weight.device)
 
+    @property
+    def trained_head(self) -> dict[str, nn.Parameter]:
+        """The classification head of an encoder + head backbone that trains with this prompt (empty otherwise)."""
+        return self._head
+
     def fit(self, pm, train_rows, dev_rows, cfg):
         """A method that does not train by backpropagating a loss (e.g. a policy gradient) trains here and returns
         a ``TrainResult``; None (the default) means the trainer's gradient loop trains ``trainable_parameters``."""
@@ -148,16 +148,24 @@ class Method(nn.Module):
             backbone.unfreeze()
             return
         backbone.freeze()
-        self._head = backbone.head_parameters() if backbone.family.name == "encoder-head" and self.trainable else {}
+        self._head = backbone.head_parameters() if backbone.family.has_task_head and self.trainable else {}
         for p in self._head.values():
             p.requires_grad_(True)
 
+    # ---- the one door into the model ----------------------------------------------------------
+    def model_inputs(self, backbone, batch) -> dict:
+        """The model's keyword arguments for a batch (``Rows`` or ``GenBatch``): ids become embeddings with this
+        method's soft rows written in, and its prefix (if any) is put in every attention layer. Training,
+        evaluation, generation, search and serving all enter the model here."""
+        return backbone.inputs(self.embed(backbone, batch.input_ids, batch.soft_index), batch.attention_mask,
+                               prefix=self.prefix_kv(backbone))
+
+    def soft_table(self, backbone) -> torch.Tensor | None:
+        """The soft-token rows as the model sees them (a P-tuning encoder applied), or None."""
+        return self.soft() if self.soft is not None else None
+
     def embed(self, backbone, input_ids: torch.Tensor, soft_index: torch.Tensor) -> torch.Tensor:
-        embeds = backbone.embed(input_ids)
-        if self.soft is not None:
-            table = self.soft().to(embeds.dtype)
-            embeds = torch.where((soft_index >= 0)[..., None], table[soft_index.clamp_min(0)], embeds)
-        return embeds
+        return backbone.embed(input_ids, soft_index, self.soft_table(backbone))
 
     def prefix_kv(self, backbone) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         """Keys and values to put in front of every self-attention layer, or None (deep prompt methods override)."""

@@ -7,7 +7,8 @@ from .base import Method
 
 class HeadFinetune(Method):
     name = "head-finetune"
-    family = "encoder-head"
+    needs_task_head = True
+    generates = False
     trains_backbone = True
     needs_mask = False
     default_lr = 5e-5

@@ -8,23 +8,13 @@ keeps its class, so every family works unchanged); only they train, and only the
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..errors import ConfigError
+from ..schemas import LoraOptions
 from .base import Method
 
 ADAPTER = "prompttune"
-
-
-class LoraOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    r: int = Field(8, ge=1, description="rank of the update")
-    alpha: float = Field(16, gt=0, description="scaling numerator (the update is scaled by alpha / r)")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
-    target_modules: list[str] | None = Field(None, description="module names to adapt (default: peft's choice for the model type, "
-                                                                "e.g. q_proj and v_proj)")
 
 
 class Lora(Method):

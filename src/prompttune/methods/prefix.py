@@ -9,28 +9,13 @@ so it also starts at the initial prefix; it is folded into plain keys and values
 
 from __future__ import annotations
 
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..errors import ConfigError
+from ..schemas import PrefixOptions
 from .base import Method
-
-
-class PrefixOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    num_tokens: int | None = Field(None, ge=1, le=4096, description="prefix length (default: the init text's length, or 10)")
-    init: Literal["auto", "text", "vocab", "random"] = Field(
-        "auto", description="text = the keys/values the model computes for init_text; vocab = for sampled vocabulary tokens; "
-                            "random = Gaussian noise scaled like real keys/values; auto = text")
-    init_text: str | None = Field(None, description="text to initialise from (default: a line naming the label words)")
-    reparameterize: Literal["none", "mlp"] = Field("none", description="train the prefix through an MLP (folded away when saved)")
-    encoder_hidden: int = Field(512, ge=1, description="hidden size of the reparameterisation MLP")
-    shared: bool = Field(False, description="one prefix shared by all layers instead of one per layer")
-    folded: Literal["", "mlp"] = Field("", description="written by prompttune: the saved prefix was trained through this MLP")
 
 
 def default_init_text(verbalizer) -> str:
@@ -44,8 +29,9 @@ def default_init_text(verbalizer) -> str:
 class Prefix(Method):
     name = "prefix"
     Options = PrefixOptions
-    needs_mask = True
     default_lr = 5e-3
+    servable = True  # on its own forward: the prefix is one per forward
+    peft_type = "PREFIX_TUNING"
     description = "frozen backbone; trains keys/values in front of every attention layer (prefix tuning / P-tuning v2)"
 
     def attach(self, backbone, template, verbalizer, *, init: bool = True, seed: int = 0) -> None:

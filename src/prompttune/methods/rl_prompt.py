@@ -17,27 +17,15 @@ from __future__ import annotations
 import math
 import random
 import time
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..errors import ConfigError
-from ..template import Soft, Template, _segment_text
+from ..template import Soft, Template, segment_text
+from ..schemas import RLPromptOptions
 from .base import Method
-
-
-class RLPromptOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    num_tokens: int = Field(5, ge=1, le=64, description="prompt slots put in front when the template has no {soft} placeholder")
-    candidates: int = Field(1000, ge=2, description="size of the restricted vocabulary: the first N whole-word tokens")
-    samples: int = Field(8, ge=2, description="prompts sampled per step (each scored on the step's batch)")
-    reward: Literal["margin", "accuracy"] = Field("margin", description="margin: mean log p(gold) - max log p(other); accuracy")
-    entropy: float = Field(0.01, ge=0, description="entropy bonus weight (keeps the policy exploring)")
-    baseline_decay: float = Field(0.9, ge=0, lt=1, description="decay of the moving-average reward baseline")
-    prompt_text: str | None = Field(None, description="written by training: the template with the learnt tokens (for reading)")
 
 
 class ReinforcePolicy(nn.Module):
@@ -119,6 +107,9 @@ class RLPrompt(Method):
     name = "rl-prompt"
     Options = RLPromptOptions
     default_lr = 0.05
+    generates = False  # rewarded by label words
+    servable = True
+    shares_batch = True  # its prompt is vocabulary rows written into the input
     description = "RLPrompt: a policy picks discrete prompt tokens, rewarded by the frozen model (forward passes only)"
 
     def prepare_template(self, template: Template) -> Template:
@@ -151,10 +142,9 @@ class RLPrompt(Method):
         self._sampled: torch.Tensor | None = None
         self.to(backbone.model.get_input_embeddings().weight.device)
 
-    def embed(self, backbone, input_ids, soft_index):
-        embeds = backbone.embed(input_ids)
-        table = backbone.embed(self._sampled if self._sampled is not None else self.tokens)
-        return torch.where((soft_index >= 0)[..., None], table[soft_index.clamp_min(0)], embeds)
+    def soft_table(self, backbone):
+        """The chosen tokens' embeddings (while rewarding: the sampled prompts', one block of rows each)."""
+        return backbone.embed(self._sampled if self._sampled is not None else self.tokens)
 
     def trainable_parameters(self, backbone):
         return list(self.policy.parameters())
@@ -169,7 +159,7 @@ class RLPrompt(Method):
                 k += 1
                 out.append(tok.decode(self.tokens[rows].tolist()).replace("{", "{{").replace("}", "}}"))
             else:
-                out.append(_segment_text(seg))
+                out.append(segment_text(seg))
         return "".join(out)
 
     # ---- its own fit: policy gradient instead of backpropagation through the model -------------------
@@ -203,7 +193,8 @@ class RLPrompt(Method):
     def fit(self, pm, train_rows, dev_rows, cfg):
         from tqdm.auto import tqdm
 
-        from ..train import TrainResult, _dev_eval, steps_for
+        from ..tasks import task_of
+        from ..train import TrainResult, dev_score, steps_for
 
         start = time.perf_counter()
         torch.manual_seed(cfg.seed)
@@ -216,12 +207,14 @@ class RLPrompt(Method):
         best: dict = {"score": None, "tokens": self.tokens.clone(), "step": 0, "dev": None}
         bad = 0
 
+        task = task_of(pm)
+
         def check_dev(step: int) -> None:
             nonlocal bad
-            dev = _dev_eval(pm, dev_rows, cfg)
-            rec = {k: dev[k] for k in ("accuracy", "macro_f1", "loss")}
+            dev = task.evaluate_dev(dev_rows, cfg)
+            rec = {k: dev[k] for k in task.dev_metrics}
             history.append({"step": step, **rec, "prompt": self.hard_template(pm)})
-            score = (-dev["loss"], 0.0) if cfg.metric == "loss" else (dev[cfg.metric], -dev["loss"])
+            score = dev_score(dev, cfg.metric)
             if best["score"] is None or score > best["score"]:
                 best.update(score=score, tokens=self.tokens.clone(), step=step, dev=rec)
                 bad = 0

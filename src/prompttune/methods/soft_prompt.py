@@ -8,24 +8,19 @@ exactly at the hand-written prompt's zero-shot behaviour; ``prefix`` puts ``num_
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field
-
-from .base import Method, MethodOptions
 
 
-class SoftPromptOptions(MethodOptions):
-    placement: Literal["template", "prefix"] = Field(
-        "prefix", description="when the template has no {soft}: tune its own words as soft tokens (template) or put "
-                                "num_tokens new soft tokens in front (prefix)")
-    num_tokens: int = Field(8, ge=1, le=4096, description="soft tokens put in front with placement: prefix")
+from ..schemas import SoftPromptOptions
+from .base import Method
 
 
 class SoftPrompt(Method):
     name = "soft-prompt"
     Options = SoftPromptOptions
     default_lr = 3e-3
+    servable = True
+    shares_batch = True
+    peft_type = "PROMPT_TUNING"
     description = "frozen backbone; trains soft tokens (optionally through a P-tuning MLP/LSTM encoder)"
 
     def prepare_template(self, template):

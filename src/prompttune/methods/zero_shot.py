@@ -9,6 +9,8 @@ from .base import Method
 class ZeroShot(Method):
     name = "zero-shot"
     trainable = False
+    servable = True
+    shares_batch = True
     description = "no training: score the hand-written template and verbalizer"
 
     def attach(self, backbone, template, verbalizer, *, init=True, seed=0):

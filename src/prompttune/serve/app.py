@@ -27,23 +27,22 @@ import json
 import math
 import threading
 import time
-from typing import Any, Union
 
 from ..errors import ArtifactError, PromptTuneError
 from .engine import (BATCH_BUCKETS, OverloadedError, ServeEngine, TaskConflictError, UnknownTaskError, UnsupportedError)
+from .schemas import (AddTaskRequest, ErrorBody, GenerateRequest, GenerateResponse, Generated, MixedRequest, MixedResponse,
+                      MixedResult, PredictRequest, Prediction, PredictResponse)
 
 try:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse
-    from pydantic import BaseModel, ConfigDict, Field, model_validator
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise PromptTuneError("the HTTP server needs FastAPI and uvicorn", where="prompttune serve",
                           fix="pip install 'prompttune[serve]' (fastapi, uvicorn)") from e
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-Input = Union[str, dict[str, str]]
 
 
 class SafeJSONResponse(JSONResponse):
@@ -80,89 +79,6 @@ def _check_texts(items: list, path: str, *, listed: bool = True) -> None:
 
     for i, x in enumerate(items):
         check_input_texts(x, f"{path}[{i}]" if listed else path)
-
-
-# ---- schemas -------------------------------------------------------------------------------------
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PredictRequest(_Strict):
-    inputs: list[Input] | None = Field(None, min_length=1, description="texts (one-field templates) or objects with one key per field")
-    input: Input | None = Field(None, description="a single input (instead of inputs)")
-
-    @model_validator(mode="after")
-    def _one_of(self):
-        if (self.inputs is None) == (self.input is None):
-            raise ValueError("give exactly one of 'inputs' (a list) or 'input'")
-        return self
-
-    def items(self) -> list:
-        return self.inputs if self.inputs is not None else [self.input]
-
-
-class Prediction(BaseModel):
-    label: str
-    probabilities: dict[str, float]
-
-
-class PredictResponse(BaseModel):
-    task: str
-    predictions: list[Prediction]
-
-
-class MixedItem(_Strict):
-    task: str = Field(..., description="task name")
-    input: Input
-
-
-class MixedRequest(_Strict):
-    requests: list[MixedItem] = Field(..., min_length=1)
-
-
-class MixedResult(Prediction):
-    task: str
-
-
-class MixedResponse(BaseModel):
-    results: list[MixedResult]
-
-
-class GenerateRequest(PredictRequest):
-    """Inputs for a generation task, and decoding settings; an unset setting keeps the artifact's own."""
-
-    max_new_tokens: int | None = Field(None, ge=1, le=1024, description="most tokens generated per input")
-    num_beams: int | None = Field(None, ge=1, le=16, description="beam search width")
-    do_sample: bool | None = Field(None, description="sample instead of greedy / beam search")
-    temperature: float | None = Field(None, gt=0, description="sampling temperature")
-    top_k: int | None = Field(None, ge=0, description="sampling: keep the k most likely tokens (0 = all)")
-    top_p: float | None = Field(None, gt=0, le=1, description="sampling: nucleus probability mass")
-    repetition_penalty: float | None = Field(None, gt=0)
-    stop: list[str] | None = Field(None, max_length=16, description="stop strings (cut off from the output)")
-    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1, description="sampling seed (64-bit)")
-
-    def options(self) -> dict:
-        return {k: v for k, v in self.model_dump(exclude={"inputs", "input"}).items() if v is not None}
-
-
-class Generated(BaseModel):
-    text: str
-
-
-class GenerateResponse(BaseModel):
-    task: str
-    outputs: list[Generated]
-
-
-class AddTaskRequest(_Strict):
-    path: str = Field(..., description="artifact directory on the server's disk")
-    name: str | None = Field(None, description="task name (default: the directory's name)")
-
-
-class ErrorBody(BaseModel):
-    detail: Any
-    where: str | None = None
-    fix: str | None = None
 
 
 # ---- metrics ---------------------------------------------------------------------------------------

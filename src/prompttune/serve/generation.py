@@ -22,12 +22,11 @@ from pydantic import ValidationError
 
 from ..data import length_batches
 from ..errors import ConfigError
-from ..generation import GenerateConfig, decode, method_inputs
+from ..generation import decode
+from ..schemas import REQUEST_DECODING, GenerateConfig
 from ..template import Rendered
-from .engine import Job, ServedTask, register_task_kind
+from .tasks import Job, ServedTask, register_task_kind
 
-# Decoding settings a request may set; the rest (batch size, cache, metric language) belong to the server.
-REQUEST_OPTIONS = ("max_new_tokens", "num_beams", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "stop", "seed")
 
 _calls = itertools.count()
 
@@ -42,7 +41,7 @@ class GenerateJob:
 
 
 @register_task_kind
-class GenerationServedTask(ServedTask):
+class ServedGeneration(ServedTask):
     """A generation artifact (source template + target + frozen-backbone method) on the shared backbone."""
 
     kind = "generation"
@@ -53,8 +52,9 @@ class GenerationServedTask(ServedTask):
         self.gm = gm
         self.fields = list(gm.template.fields)
         with torch.no_grad():
-            self.table = gm.method.soft().detach() if gm.method.soft is not None else None
-        self.deep = gm.method.prefix_kv(gm.backbone) is not None
+            table = gm.method.soft_table(gm.backbone)
+            self.table = table.detach() if table is not None else None
+        self.deep = not gm.method.shares_batch  # e.g. a prefix: one per generate() call
 
     @classmethod
     def load(cls, engine, name, directory, meta):
@@ -63,10 +63,10 @@ class GenerationServedTask(ServedTask):
 
     def options(self, options: dict) -> GenerateConfig:
         """The artifact's decoding settings with a request's overrides, validated."""
-        unknown = sorted(set(options) - set(REQUEST_OPTIONS))
+        unknown = sorted(set(options) - set(REQUEST_DECODING))
         if unknown:
             raise ConfigError(f"unknown generation option(s) {unknown}", where="request",
-                              fix=f"use only: {', '.join(REQUEST_OPTIONS)}")
+                              fix=f"use only: {', '.join(REQUEST_DECODING)}")
         try:
             return GenerateConfig.model_validate({**self.gm.generation.model_dump(), **{k: v for k, v in options.items() if v is not None}})
         except ValidationError as e:
@@ -131,11 +131,9 @@ class GenerationServedTask(ServedTask):
         first = jobs[0].task
         batch = first.gm.pad_sources(sources).to(engine.device)
         if first.deep:  # one prefix task: its own method builds the inputs and puts its prefix in the attention layers
-            kw = method_inputs(first.gm.method, bb, batch.input_ids, batch.soft_index, batch.attention_mask)
-        else:
-            bb.set_prefix(None)
-            kw = {"inputs_embeds": engine.embed(batch.input_ids, batch.soft_index, torch.cat(tables) if tables else None),
-                  "attention_mask": batch.attention_mask}
+            kw = first.gm.method.model_inputs(bb, batch)
+        else:  # the stacked soft tables of every task in the call, no prefix
+            kw = bb.inputs(bb.embed(batch.input_ids, batch.soft_index, torch.cat(tables) if tables else None), batch.attention_mask)
         engine.stats.forward(rows=len(sources), computed=int(batch.attention_mask.sum()), reused=0)
         texts, _ = decode(bb, kw, jobs[0].payload.opts)
         return texts
