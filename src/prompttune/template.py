@@ -305,19 +305,19 @@ class Renderer:
         groups = template.soft_groups(tokenizer)
         self.n_soft = sum(g.count for g in groups)
         # Per Soft segment: the list of row indices it writes.
-        self._soft_rows: list[list[int]] = []
+        self.soft_rows: list[list[int]] = []
         named: dict[str, list[int]] = {}
         it = iter(groups)
         for seg in template.segments:
             if isinstance(seg, Soft):
                 if seg.name is not None and seg.name in named:
-                    self._soft_rows.append(named[seg.name])
+                    self.soft_rows.append(named[seg.name])
                     continue
                 g = next(it)
                 rows = list(range(g.start, g.start + g.count))
                 if seg.name is not None:
                     named[seg.name] = rows
-                self._soft_rows.append(rows)
+                self.soft_rows.append(rows)
         # The whitespace right before {mask} belongs to the label word (" positive"), not the prompt:
         # a BPE tokenizer would otherwise end the prompt on a lone space token.
         self.space_before_mask = False
@@ -330,7 +330,7 @@ class Renderer:
                         self.space_before_mask = True
                         segs[k - 1] = Text(t.rstrip())
         self._segments = segs
-        fixed = sum(len(r) for r in self._soft_rows) + len(self.prefix_special) + len(self.suffix_special)
+        fixed = sum(len(r) for r in self.soft_rows) + len(self.prefix_special) + len(self.suffix_special)
         if fixed + (0 if drop_mask else template.n_masks) >= max_length:
             raise TemplateError(f"the template needs {fixed} tokens before any input, max_length is {max_length}",
                                 where="template", fix="raise max_length or use fewer soft tokens")
@@ -359,7 +359,7 @@ class Renderer:
                 run.append(values[seg.name])
             elif isinstance(seg, Soft):
                 flush()
-                rows = self._soft_rows[soft_k]
+                rows = self.soft_rows[soft_k]
                 soft_k += 1
                 ids.extend([self.soft_id] * len(rows))
                 soft.extend(rows)

@@ -155,7 +155,7 @@ class RLPrompt(Method):
         out, k = [], 0
         for seg in pm.template.segments:
             if isinstance(seg, Soft):
-                rows = pm.renderer._soft_rows[k]
+                rows = pm.renderer.soft_rows[k]
                 k += 1
                 out.append(tok.decode(self.tokens[rows].tolist()).replace("{", "{{").replace("}", "}}"))
             else:
