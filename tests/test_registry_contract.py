@@ -118,3 +118,24 @@ def test_every_family_either_generates_or_says_it_does_not(kind):
     else:
         with pytest.raises(BackboneError, match="does not generate"):
             fam.target_batch([rendered], [[5, 6, 2]])
+
+
+def test_bad_method_options_fail_before_any_model_loads():
+    # the model path does not exist: reaching it would raise a BackboneError instead
+    with pytest.raises(ConfigError, match="bad options for method 'prefix'"):
+        PromptModel("/nonexistent/model", TEMPLATE, VERB, "prefix", method_options={"bogus": 1})
+    with pytest.raises(ConfigError, match="bad options for method 'prefix'"):
+        GenerationModel("/nonexistent/model", "copy: {src} =>", target="tgt", method="prefix", method_options={"bogus": 1})
+
+
+def test_the_config_layer_and_the_command_line_help_load_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, prompttune.config as c\n"
+            "try:\n    c.load_config(None, ['method.name=prefix', 'method.bogus=1'])\nexcept c.ConfigError as e:\n    print(e)\n"
+            "import prompttune.cli\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert "bad options for method 'prefix'" in out[0] and "bogus" in out[0]
+    assert out[-1] == "False"

@@ -110,6 +110,7 @@ class GenerationModel(Tunable, nn.Module):
         from .backbone import Backbone
         from .methods import Method, make_method
 
+        method = method if isinstance(method, Method) else make_method(method, **(method_options or {}))  # bad options: before any load
         if not isinstance(backbone, Backbone):
             backbone = Backbone.load(backbone, **(backbone_options or {}))
         fam = backbone.family
@@ -117,7 +118,6 @@ class GenerationModel(Tunable, nn.Module):
             raise ConfigError(f"generation needs a causal LM or an encoder-decoder, but {backbone.name!r} is loaded as {fam.name}",
                               where="model.family", fix="use a causal-lm (e.g. smollm2-135m) or a seq2seq model (T5, BART)")
         template = template if isinstance(template, Template) else Template(template)
-        method = method if isinstance(method, Method) else make_method(method, **(method_options or {}))
         if not method.generates:
             raise ConfigError(f"method {method.name!r} does not generate text", where="method.name",
                               fix="use zero-shot, soft-prompt, prefix, lora or prompt-finetune for generation")

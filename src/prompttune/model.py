@@ -22,7 +22,7 @@ from torch import nn
 
 from .backbone import Backbone, Rows
 from .errors import ArtifactError, ConfigError
-from .methods import METHODS, Method, make_method
+from .methods import Method, make_method
 from .progress import progress_bar
 from .schemas import DEFAULT_METHOD
 from .template import Renderer, Template, tail_is_empty
@@ -96,12 +96,10 @@ class PromptModel(Tunable, nn.Module):
         template = template if isinstance(template, Template) else Template(template)
         verbalizer = Verbalizer.from_spec(verbalizer)
         verbalizer.check_classes()
-        if not isinstance(method, Method) and method not in METHODS:
-            make_method(method)  # the unknown-method error, before any model loads
+        method = method if isinstance(method, Method) else make_method(method, **(method_options or {}))  # bad options: before any load
         if not isinstance(backbone, Backbone):
-            needs_head = method.needs_task_head if isinstance(method, Method) else METHODS[method].needs_task_head
-            backbone = Backbone.load(backbone, num_labels=len(verbalizer.labels), task_head=needs_head, **(backbone_options or {}))
-        method = method if isinstance(method, Method) else make_method(method, **(method_options or {}))
+            backbone = Backbone.load(backbone, num_labels=len(verbalizer.labels), task_head=method.needs_task_head,
+                                     **(backbone_options or {}))
         if method.needs_task_head and not backbone.family.has_task_head:
             raise ConfigError(f"method {method.name!r} needs a model with a classification head, but {backbone.name!r} is loaded as "
                               f"{backbone.family.name}", where="model.family", fix="load the model with family: encoder-head")
