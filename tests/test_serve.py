@@ -47,7 +47,7 @@ def artifacts(saved_tiny, tmp_path_factory):
     return _write_artifacts(saved_tiny("llama"), tmp_path_factory.mktemp("serve-artifacts"))
 
 
-def distributed_engine(model_dir, arts, **kw) -> ServeEngine:
+def _engine(model_dir, arts, **kw) -> ServeEngine:
     eng = ServeEngine(Backbone.load(model_dir), **kw)
     for name, d in arts.items():
         eng.add(d, name=name)
@@ -91,7 +91,7 @@ def _assert_matches(items, got, ref):
 
 @pytest.mark.parametrize("prefix_cache", [False, True])
 def test_mixed_task_batch_equals_each_task_alone(saved_tiny, artifacts, prefix_cache):
-    eng = distributed_engine(saved_tiny("llama"), artifacts, prefix_cache=prefix_cache, start=False)
+    eng = _engine(saved_tiny("llama"), artifacts, prefix_cache=prefix_cache, start=False)
     items = _inputs(5)
     calls = _count_forwards(eng)
     got = eng.log_probs_mixed(items)
@@ -106,14 +106,14 @@ def test_mixed_task_batch_equals_each_task_alone(saved_tiny, artifacts, prefix_c
 @pytest.mark.parametrize("kind", ["gpt2", "bert-mlm", "t5"])
 def test_mixed_batches_match_on_every_family(saved_tiny, tmp_path, kind):
     arts = _write_artifacts(saved_tiny(kind), tmp_path)
-    eng = distributed_engine(saved_tiny(kind), arts, start=False)
+    eng = _engine(saved_tiny(kind), arts, start=False)
     items = _inputs(3)
     _assert_matches(items, eng.log_probs_mixed(items), _reference(arts, items))
 
 
 def test_prompt_cache_gives_the_same_scores_and_skips_the_prompt_tokens(saved_tiny, artifacts):
-    on = distributed_engine(saved_tiny("llama"), artifacts, prefix_cache=True, start=False)
-    off = distributed_engine(saved_tiny("llama"), artifacts, prefix_cache=False, start=False)
+    on = _engine(saved_tiny("llama"), artifacts, prefix_cache=True, start=False)
+    off = _engine(saved_tiny("llama"), artifacts, prefix_cache=False, start=False)
     cached = {n: t.describe()["cached_prefix_tokens"] for n, t in on.tasks.items()}
     # sst: 4 soft tokens + "Review:" before the first field; topic: 3 soft tokens (prefix placement) + "Topic of"
     assert cached["sst"] >= 5 and cached["topic"] >= 4 and cached["long"] == 2 and cached["nli"] == 2
@@ -127,7 +127,7 @@ def test_prompt_cache_gives_the_same_scores_and_skips_the_prompt_tokens(saved_ti
 
 
 def test_cached_prefix_is_used_only_when_the_input_really_starts_with_it(saved_tiny, artifacts):
-    eng = distributed_engine(saved_tiny("llama"), {"sst": artifacts["sst"]}, start=False)
+    eng = _engine(saved_tiny("llama"), {"sst": artifacts["sst"]}, start=False)
     t = eng.tasks["sst"]
     r = t.make_jobs("predict", ["good"])[0]
     assert t.prefix_len(r) == len(t.prefix_ids) > 0
@@ -136,7 +136,7 @@ def test_cached_prefix_is_used_only_when_the_input_really_starts_with_it(saved_t
 
 
 def test_queued_requests_from_several_tasks_share_one_batch(saved_tiny, artifacts):
-    eng = distributed_engine(saved_tiny("llama"), artifacts, max_batch=4, max_wait_ms=5000)
+    eng = _engine(saved_tiny("llama"), artifacts, max_batch=4, max_wait_ms=5000)
     try:
         calls = _count_forwards(eng)
         futs = [eng.submit("sst", ["good film"]), eng.submit("topic", ["the plot"]),
@@ -152,7 +152,7 @@ def test_queued_requests_from_several_tasks_share_one_batch(saved_tiny, artifact
 
 
 def test_max_batch_splits_a_large_request_and_keeps_its_order(saved_tiny, artifacts):
-    eng = distributed_engine(saved_tiny("llama"), {"sst": artifacts["sst"]}, max_batch=3, max_wait_ms=1)
+    eng = _engine(saved_tiny("llama"), {"sst": artifacts["sst"]}, max_batch=3, max_wait_ms=1)
     try:
         texts = [r["text"] for r in toy_rows(10, seed=5)]
         got = torch.stack(eng.submit("sst", texts).result(30))
@@ -170,7 +170,7 @@ def test_artifacts_of_another_backbone_or_a_trained_backbone_are_refused(saved_t
     PromptModel(other, "{soft*2} {text} is{mask}", {"n": "bad", "p": "good"}, "soft-prompt").save(tmp_path / "other")
     pf = PromptModel(Backbone.load(saved_tiny("llama")), "{text} is{mask}", {"n": "bad", "p": "good"}, "prompt-finetune")
     pf.save(tmp_path / "pf")
-    eng = distributed_engine(saved_tiny("llama"), {"sst": artifacts["sst"]}, start=False)
+    eng = _engine(saved_tiny("llama"), {"sst": artifacts["sst"]}, start=False)
     with pytest.raises(TaskConflictError, match="fingerprint"):
         eng.add(tmp_path / "other")
     with pytest.raises(TaskConflictError, match="trains the backbone"):
@@ -197,7 +197,7 @@ def test_artifacts_of_another_backbone_or_a_trained_backbone_are_refused(saved_t
 # ---- HTTP ---------------------------------------------------------------------------------------------
 @pytest.fixture()
 def client(saved_tiny, artifacts):
-    eng = distributed_engine(saved_tiny("llama"), artifacts, max_batch=8, max_wait_ms=2)
+    eng = _engine(saved_tiny("llama"), artifacts, max_batch=8, max_wait_ms=2)
     with TestClient(create_app(eng, max_body_bytes=4000, max_inputs=5, allow_admin=True)) as c:
         c.engine = eng
         yield c
@@ -205,7 +205,7 @@ def client(saved_tiny, artifacts):
 
 
 def test_admin_routes_are_off_by_default_and_say_how_to_turn_them_on(saved_tiny, artifacts):
-    eng = distributed_engine(saved_tiny("llama"), {"sst": artifacts["sst"]})
+    eng = _engine(saved_tiny("llama"), {"sst": artifacts["sst"]})
     with TestClient(create_app(eng)) as c:
         for r in (c.post("/v1/tasks", json={"path": str(artifacts["topic"]), "name": "topic"}), c.delete("/v1/tasks/sst")):
             assert r.status_code == 403, r.text
@@ -323,7 +323,7 @@ def test_chunked_body_over_the_limit_is_a_413(client):
 
 
 def test_full_queue_answers_503_with_retry_after(saved_tiny, artifacts):
-    eng = distributed_engine(saved_tiny("llama"), {"sst": artifacts["sst"]}, max_queue=3, start=False)  # no worker: nothing drains
+    eng = _engine(saved_tiny("llama"), {"sst": artifacts["sst"]}, max_queue=3, start=False)  # no worker: nothing drains
     with TestClient(create_app(eng)) as c:
         eng.submit("sst", ["a", "b"])
         r = c.post("/v1/tasks/sst/predict", json={"inputs": ["c", "d"]})
@@ -337,7 +337,7 @@ def test_full_queue_answers_503_with_retry_after(saved_tiny, artifacts):
 
 
 def test_api_key_guards_every_route_but_health(saved_tiny, artifacts):
-    eng = distributed_engine(saved_tiny("llama"), {"sst": artifacts["sst"]})
+    eng = _engine(saved_tiny("llama"), {"sst": artifacts["sst"]})
     with TestClient(create_app(eng, api_key="s3cret")) as c:
         assert c.get("/health").status_code == 200
         for path in ("/v1/tasks", "/metrics", "/openapi.json"):
@@ -397,7 +397,7 @@ def test_concurrent_clients_of_several_tasks_get_every_answer_once(saved_tiny, a
     import httpx
     import uvicorn
 
-    eng = distributed_engine(saved_tiny("llama"), artifacts, max_batch=16, max_wait_ms=3)
+    eng = _engine(saved_tiny("llama"), artifacts, max_batch=16, max_wait_ms=3)
     server = uvicorn.Server(uvicorn.Config(create_app(eng), host="127.0.0.1", port=0, log_level="error"))
     th = threading.Thread(target=server.run, daemon=True)
     th.start()
@@ -473,7 +473,7 @@ def test_prompttune_serve_command_wires_the_options_into_the_engine_and_app(arti
 
 
 def test_python_callers_on_several_threads_get_their_own_answers(saved_tiny, artifacts):
-    eng = distributed_engine(saved_tiny("llama"), artifacts, max_batch=8, max_wait_ms=2)
+    eng = _engine(saved_tiny("llama"), artifacts, max_batch=8, max_wait_ms=2)
     items = _inputs(6, seed=31)
     ref = _reference(artifacts, items)
     got: dict[int, torch.Tensor] = {}
@@ -504,7 +504,7 @@ def test_a_prefix_task_is_served_beside_soft_prompt_tasks_with_the_same_scores_a
                      "prefix", method_options={"init": "random", "num_tokens": 3})
     pm.save(tmp_path / "deep")
     arts = {"sst": artifacts["sst"], "nli": artifacts["nli"], "deep": tmp_path / "deep"}
-    eng = distributed_engine(saved_tiny("llama"), arts, prefix_cache=prefix_cache, start=False)
+    eng = _engine(saved_tiny("llama"), arts, prefix_cache=prefix_cache, start=False)
     items = [it for it in _inputs(4) if it[0] in ("sst", "nli")]
     items += [("deep", r["text"]) for r in toy_rows(4, seed=5)]
     items = items[::2] + items[1::2]  # interleave the tasks

@@ -34,7 +34,7 @@ def _write_generation_artifacts(model_dir, out, specs=GEN_SPECS):
     return {name: out / name for name in specs}
 
 
-def distributed_engine(model_dir, arts, *, family=None, num_labels=None, **kw) -> ServeEngine:
+def _engine(model_dir, arts, *, family=None, num_labels=None, **kw) -> ServeEngine:
     eng = ServeEngine(Backbone.load(model_dir, family=family, num_labels=num_labels), **kw)
     for name, d in arts.items():
         eng.add(d, name=name)
@@ -58,7 +58,7 @@ def _items(names):
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "t5"])
 def test_mixed_generation_batch_equals_each_task_alone(saved_tiny, tmp_path, kind):
     arts = _write_generation_artifacts(saved_tiny(kind), tmp_path)
-    eng = distributed_engine(saved_tiny(kind), arts, start=False)
+    eng = _engine(saved_tiny(kind), arts, start=False)
     items = _items(arts)
     got = eng.generate_mixed(items)
     want = _alone(arts, items)
@@ -71,7 +71,7 @@ def test_mixed_generation_batch_equals_each_task_alone(saved_tiny, tmp_path, kin
 
 def test_sampling_with_a_seed_gives_the_text_of_the_task_run_alone(saved_tiny, tmp_path):
     arts = _write_generation_artifacts(saved_tiny("llama"), tmp_path, {k: GEN_SPECS[k] for k in ("copy", "hand")})
-    eng = distributed_engine(saved_tiny("llama"), arts, max_wait_ms=20)
+    eng = _engine(saved_tiny("llama"), arts, max_wait_ms=20)
     try:
         opts = dict(do_sample=True, seed=7, temperature=1.5, max_new_tokens=8)
         f1 = eng.submit("copy", SOURCES, operation="generate", **opts)
@@ -86,7 +86,7 @@ def test_sampling_with_a_seed_gives_the_text_of_the_task_run_alone(saved_tiny, t
 def test_classification_and_generation_requests_share_the_queue(saved_tiny, tmp_path):
     arts = _write_generation_artifacts(saved_tiny("llama"), tmp_path, {k: GEN_SPECS[k] for k in ("copy", "deep")})
     PromptModel(Backbone.load(saved_tiny("llama")), "{soft*2} Review: {text} is{mask}", {"n": "bad", "p": "good"}, "soft-prompt").save(tmp_path / "sst")
-    eng = distributed_engine(saved_tiny("llama"), {**arts, "sst": tmp_path / "sst"}, max_batch=64, max_wait_ms=50)
+    eng = _engine(saved_tiny("llama"), {**arts, "sst": tmp_path / "sst"}, max_batch=64, max_wait_ms=50)
     try:
         texts = [r["text"] for r in toy_rows(6, seed=2)]
         f_gen = eng.submit("copy", SOURCES, operation="generate")
@@ -107,7 +107,7 @@ def test_generation_requests_are_checked_before_they_are_queued(saved_tiny, tmp_
 
     arts = _write_generation_artifacts(saved_tiny("llama"), tmp_path, {"copy": GEN_SPECS["copy"]})
     PromptModel(Backbone.load(saved_tiny("llama")), "Review: {text} is{mask}", {"n": "bad", "p": "good"}, "zero-shot").save(tmp_path / "sst")
-    eng = distributed_engine(saved_tiny("llama"), {**arts, "sst": tmp_path / "sst"}, start=False)
+    eng = _engine(saved_tiny("llama"), {**arts, "sst": tmp_path / "sst"}, start=False)
     with pytest.raises(ConfigError, match="unknown generation option.*'beams'"):
         eng.submit("copy", ["x"], operation="generate", beams=2)
     with pytest.raises(ConfigError, match="num_beams"):
@@ -147,7 +147,7 @@ def test_http_generate_answers_with_the_task_alone_texts_and_clear_errors(saved_
 
     arts = _write_generation_artifacts(saved_tiny("llama"), tmp_path, {k: GEN_SPECS[k] for k in ("copy", "deep")})
     PromptModel(Backbone.load(saved_tiny("llama")), "Review: {text} is{mask}", {"n": "bad", "p": "good"}, "zero-shot").save(tmp_path / "sst")
-    eng = distributed_engine(saved_tiny("llama"), {**arts, "sst": tmp_path / "sst"}, max_wait_ms=2)
+    eng = _engine(saved_tiny("llama"), {**arts, "sst": tmp_path / "sst"}, max_wait_ms=2)
     with TestClient(create_app(eng)) as c:
         r = c.post("/v1/tasks/copy/generate", json={"inputs": SOURCES, "max_new_tokens": 4, "stop": ["zzz"]})
         assert r.status_code == 200, r.text
@@ -182,7 +182,7 @@ def test_encoder_head_tasks_each_keep_their_own_head(saved_tiny, tmp_path):
                 p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(k)))
         pm.save(tmp_path / f"t{k}")
         arts[f"t{k}"] = tmp_path / f"t{k}"
-    eng = distributed_engine(d, arts, family="encoder-head", num_labels=2, start=False)
+    eng = _engine(d, arts, family="encoder-head", num_labels=2, start=False)
     items = [(name, r["text"]) for r in toy_rows(6, seed=4) for name in arts]
     got = eng.log_probs_mixed(items)
     for name, path in arts.items():
