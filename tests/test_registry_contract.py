@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pydantic import TypeAdapter, ValidationError
 
 from conftest import tiny_backbone, toy_rows
 from prompttune import GenerationModel, PromptModel
 from prompttune.backbone import FAMILY_CLASSES, Backbone
 from prompttune.errors import BackboneError, ConfigError
 from prompttune.methods import METHODS
-from prompttune.schemas import DEFAULT_METHOD, FAMILIES, METHOD_OPTIONS
+from prompttune.schemas import DEFAULT_METHOD, FAMILIES, METHOD_OPTIONS, MethodSpec
 from prompttune.serve import TASK_KINDS, ServeEngine, TaskConflictError
 from prompttune.tasks import TASKS
 
@@ -34,6 +35,12 @@ def test_every_method_has_its_options_schema_and_the_default_is_registered():
     for name, cls in METHODS.items():
         assert cls.name == name and cls.Options is METHOD_OPTIONS[name], name
     assert DEFAULT_METHOD in METHODS
+    union = TypeAdapter(MethodSpec)  # the typed union of every method's options, tagged by name
+    for name, options in METHOD_OPTIONS.items():
+        spec = union.validate_python({"name": name})
+        assert isinstance(spec, options) and spec.name == name
+    with pytest.raises(ValidationError):
+        union.validate_python({"name": "prefix", "no_such_option": 1})
 
 
 def test_every_family_name_has_its_class():

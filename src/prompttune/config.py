@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, PromptTuneError, validation_summary
-from .schemas import (DEFAULT_METHOD, FAMILIES, METHOD_OPTIONS, DemonstrationConfig, GenerateConfig, MethodSpec, TrainConfig)
+from .schemas import (DEFAULT_METHOD, FAMILIES, METHOD_OPTIONS, DemonstrationConfig, GenerateConfig, TrainConfig)
 from .schemas import Family as FamilyName
 
 
@@ -59,18 +59,15 @@ class PromptConfig(_Section):
 
 
 class MethodConfig(BaseModel):
-    """``name`` and that method's options (kept as written: ``options()`` is what the user set), checked against the
-    typed union :data:`prompttune.schemas.MethodSpec` before any model or data loads."""
+    """``name`` and that method's options (kept as written: ``options()`` is what the user set), checked against its
+    options class (:data:`prompttune.schemas.METHOD_OPTIONS`, whose typed union is ``MethodSpec``) before any model or
+    data loads."""
 
     model_config = ConfigDict(extra="allow")
     name: str = Field(DEFAULT_METHOD, description=", ".join(METHOD_OPTIONS) + f" (default {DEFAULT_METHOD}: measured best, see README)")
 
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
-
-    def spec(self) -> BaseModel:
-        """The options as their typed schema (every default filled in)."""
-        return _METHOD_SPEC().validate_python({"name": self.name, **self.options()})
 
     @model_validator(mode="after")
     def _known(self):
@@ -84,12 +81,6 @@ class MethodConfig(BaseModel):
             raise ValueError(f"bad options for method {self.name!r}: {validation_summary(e)} (its options: "
                              f"{', '.join(options.model_fields) or 'none'})") from None
         return self
-
-
-def _METHOD_SPEC():
-    from pydantic import TypeAdapter
-
-    return TypeAdapter(MethodSpec)
 
 
 class DataConfig(_Section):

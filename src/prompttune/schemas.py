@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -85,7 +85,7 @@ def decoding_overrides(base: type[BaseModel], limits: dict[str, int]) -> type[Ba
         f = GenerateConfig.model_fields[key]
         meta = [m for m in f.metadata if not (key in limits and isinstance(m, at.Le))]
         if key in limits:
-            meta.append(at.MaxLen(limits[key]) if f.annotation is not None and "list" in str(f.annotation) else at.Le(limits[key]))
+            meta.append(at.MaxLen(limits[key]) if get_origin(f.annotation) is list else at.Le(limits[key]))
         ann = Annotated[(f.annotation, *meta)] if meta else f.annotation
         fields[key] = (ann | None, Field(None, description=f.description))
     return create_model("DecodingOverrides", __base__=base, **fields)
