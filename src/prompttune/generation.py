@@ -101,6 +101,7 @@ class GenerationModel(Tunable, nn.Module):
     """Backbone + source template + target field + method. ``forward(batch)`` is the teacher-forced loss."""
 
     task = "generation"
+    labelled = False
 
     def __init__(self, backbone, template: Template | str, target: str, method=DEFAULT_METHOD, *, max_length: int = 256,
                  max_target_length: int = 64, method_options: dict | None = None, init: bool = True, seed: int = 0,
@@ -218,8 +219,11 @@ class GenerationModel(Tunable, nn.Module):
     def generate(self, inputs, *, progress: bool = False, **options) -> list[str]:
         """Generated text per input (a dict of fields, or a plain string for a one-field template).
         ``options`` override this model's :class:`GenerateConfig` (max_new_tokens, num_beams, do_sample, stop, ...)."""
+        from .data import as_rows
+
         opts = self.generation.model_copy(update=options) if options else self.generation
-        texts, _, _ = self._generate_all([self._as_row(x, i) for i, x in enumerate(inputs)], opts, progress=progress)
+        rows = [self._as_row(x, i) for i, x in enumerate(as_rows(inputs, role="test", require_label=False))]
+        texts, _, _ = self._generate_all(rows, opts, progress=progress)
         return texts
 
     def _generate_all(self, rows, opts: GenerateConfig, *, progress: bool = False):
@@ -244,8 +248,10 @@ class GenerationModel(Tunable, nn.Module):
 
     def evaluate(self, rows: Sequence[Mapping[str, str]], *, progress: bool = False, with_loss: bool = True, **options) -> dict:
         """Generate for ``rows`` and score against their targets: ROUGE-1/2/L, BLEU, chrF, tokens/s (and the loss)."""
+        from .data import as_rows
         from .metrics import generation_metrics
 
+        rows = as_rows(rows, role="test", require_label=False)  # a datasets.Dataset (or a DatasetDict's test split)
         self.check_targets(rows, "evaluation data")
         opts = self.generation.model_copy(update=options) if options else self.generation
         outputs, n_tokens, seconds = self._generate_all(list(rows), opts, progress=progress)

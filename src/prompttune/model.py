@@ -34,6 +34,7 @@ class Tunable:
     and loading as transformers and PEFT do (``save_pretrained`` / ``from_pretrained`` of the saved artifact)."""
 
     task: ClassVar[str]  # the registered task type (``prompttune.tasks``) that trains, evaluates and saves this model
+    labelled: ClassVar[bool] = True  # its training and evaluation rows carry a label (classification) or not
 
     @classmethod
     def from_pretrained(cls, directory, *, backbone: Backbone | None = None):
@@ -56,8 +57,15 @@ class Tunable:
     save = save_pretrained
 
     def fit(self, train_rows, dev_rows=None, **train_options):
+        """Train on ``train_rows`` (dicts, or a ``datasets.Dataset``; a ``DatasetDict`` gives its train split, and its
+        validation split as the dev rows when ``dev_rows`` is None)."""
+        from .data import as_rows, is_dataset_dict
         from .train import TrainConfig, train
 
+        if dev_rows is None and is_dataset_dict(train_rows) and any(s in train_rows for s in ("validation", "dev", "valid", "val")):
+            dev_rows = as_rows(train_rows, role="dev", require_label=self.labelled)
+        train_rows = as_rows(train_rows, role="train", require_label=self.labelled)
+        dev_rows = as_rows(dev_rows, role="dev", require_label=self.labelled)
         return train(self, train_rows, dev_rows, TrainConfig(**train_options))
 
     def num_trainable_parameters(self) -> int:
@@ -199,8 +207,11 @@ class PromptModel(Tunable, nn.Module):
         return out
 
     def predict(self, inputs: Iterable[str | Mapping[str, str]], *, batch_size: int = 16) -> list[dict]:
-        """Labels with per-class probabilities. A plain string fills the template's only field."""
-        rows = [self._as_row(x, i) for i, x in enumerate(inputs)]
+        """Labels with per-class probabilities. A plain string fills the template's only field (a ``datasets.Dataset``
+        gives its rows)."""
+        from .data import as_rows
+
+        rows = [self._as_row(x, i) for i, x in enumerate(as_rows(inputs, role="test", require_label=False))]
         probs = self.predict_log_probs(rows, batch_size=batch_size).exp()
         return [prediction(self.labels, p) for p in probs]
 
@@ -212,8 +223,10 @@ class PromptModel(Tunable, nn.Module):
         return self.verbalizer.calibration
 
     def evaluate(self, rows: Sequence[Mapping[str, str]], *, batch_size: int = 16, progress: bool = False) -> dict:
+        from .data import as_rows
         from .metrics import classification_metrics
 
+        rows = as_rows(rows, role="test")  # a datasets.Dataset (or a DatasetDict's test split) works as rows
         self.verbalizer.check_labels([r["label"] for r in rows], where="evaluation data")
         start = time.perf_counter()
         logp = self.predict_log_probs(rows, batch_size=batch_size, progress=progress)

@@ -1,4 +1,4 @@
-"""Data: rows from files or built-in corpora, few-shot sampling, dev splits and length batching.
+"""Data: rows from files, built-in corpora and the ``datasets`` world, few-shot sampling, dev splits and length batching.
 
 A row is a plain ``dict[str, str]``: every value is a ``str`` and the label, if any, is under
 ``"label"``. Other keys are input fields that templates refer to as ``{text}``, ``{headline}``, ...
@@ -13,6 +13,12 @@ name -> file column (``{"text": "review"}``); unmapped columns pass through unde
 label column; the output key is always ``"label"`` and labels are stripped strings (JSON ``1`` ->
 ``"1"``, ``true`` -> ``"true"``; JSON ``null`` counts as missing). Every problem raises
 :class:`~prompttune.errors.DataError` naming the file and line.
+
+Datasets (``prompttune.data.hf``)
+---------------------------------
+Parquet and Arrow files, ``save_to_disk`` directories, Hub datasets (``hf:OWNER/NAME[:CONFIG][@SPLIT]``) and
+``datasets.Dataset`` objects, read by the ``datasets`` library and kept in Arrow until a row is read: see
+:mod:`prompttune.data.hf` for the spelling, split choice and ``ClassLabel`` names.
 
 Built-in corpora (``load_builtin`` / ``load_rows``)
 ---------------------------------------------------
@@ -72,40 +78,62 @@ from ..errors import DataError
 from .corpora import (BUILTINS, HK_EN_ZH, HK_EN_ZH_TEST_SIZE, SPLIT_SEED, SPLITS, BuiltinCorpus, builtin_names,
                       load_builtin, load_hk_en_zh, package_dir)
 from .files import FILE_SUFFIXES, Row, check_usable_path, read_file, resolve_label_column, shape_row
-from .sampling import few_shot, length_batches, split_dev
+from .hf import DATASET_SUFFIXES, DatasetRows, DatasetSource, as_rows, is_dataset, is_dataset_dict, parse_source
+from .sampling import few_shot, few_shot_indices, length_batches, row_labels, split_dev
 
-__all__ = ["BUILTINS", "FILE_SUFFIXES", "HK_EN_ZH", "HK_EN_ZH_TEST_SIZE", "SPLITS", "SPLIT_SEED", "BuiltinCorpus",
-           "Row", "builtin_names", "few_shot", "length_batches", "load_builtin", "load_hk_en_zh", "load_rows",
-           "package_dir", "read_file", "split_dev"]
+__all__ = ["BUILTINS", "DATASET_SUFFIXES", "FILE_SUFFIXES", "HK_EN_ZH", "HK_EN_ZH_TEST_SIZE", "ROLES", "SPLITS",
+           "SPLIT_SEED", "BuiltinCorpus", "DatasetRows", "DatasetSource", "Row", "as_rows", "builtin_names", "few_shot",
+           "few_shot_indices", "is_dataset", "is_dataset_dict", "length_batches", "load_builtin", "load_hk_en_zh", "load_rows", "open_rows",
+           "package_dir", "parse_source", "read_file", "row_labels", "split_dev"]
+
+# what a data spec is read for; a built-in corpus has train and test splits only, so dev reads its train split
+ROLES = ("train", "dev", "test")
 
 
 
-def load_rows(spec: str | os.PathLike, *, split: str = "train", columns: Mapping[str, str] | None = None,
+def load_rows(spec, *, split: str = "train", columns: Mapping[str, str] | None = None,
               label_column: str = "label", require_label: bool = True) -> list[Row]:
-    """Rows from a file path or a built-in corpus name.
+    """Rows from a file path, a built-in corpus name or a ``datasets`` source (:mod:`prompttune.data.hf`).
 
-    ``split`` picks the built-in split (``"train"`` / ``"test"``) and is ignored for files.
-    ``columns`` / ``label_column`` apply to built-ins too (e.g. ``{"sentence": "text"}``).
+    ``split`` is the role the rows are read for (``"train"`` / ``"dev"`` / ``"test"``): it picks a built-in's split
+    (dev reads train) and a dataset's split when the spec names none; files have one. ``columns`` / ``label_column``
+    apply to every source (e.g. ``{"sentence": "text"}``).
     """
+    rows = open_rows(spec, split=split, columns=columns, label_column=label_column, require_label=require_label)
+    return rows if isinstance(rows, list) else list(rows)
+
+
+def open_rows(spec, *, split: str = "train", columns: Mapping[str, str] | None = None,
+              label_column: str = "label", require_label: bool = True):
+    """As :func:`load_rows`, but a ``datasets`` source comes back as :class:`DatasetRows` (rows made when read), so
+    sampling a few shots from a large dataset reads only its label column and the rows drawn."""
+    if split not in ROLES:
+        raise DataError(f"unknown split {split!r}", where=str(spec)[:200], fix=f"use split= one of {', '.join(ROLES)}")
+    source = parse_source(spec)
+    if source is not None:
+        return DatasetRows.open(source, split, columns=columns, label_column=label_column, require_label=require_label)
     name = os.fspath(spec)
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}", where=name, fix="use split='train' or split='test'")
+    corpus_split = "train" if split == "dev" else split
     file = Path(os.path.expanduser(name))
     check_usable_path(file, name)
     if file.is_file():
         return read_file(name, columns=columns, label_column=label_column, require_label=require_label)
     if name.startswith(HK_EN_ZH + ":"):
         mapping, label_col = resolve_label_column(columns, label_column)
-        return [shape_row(r, mapping, label_col, False, f"{HK_EN_ZH} ({split})") for r in load_hk_en_zh(name[len(HK_EN_ZH) + 1:], split)]
+        return [shape_row(r, mapping, label_col, False, f"{HK_EN_ZH} ({corpus_split})")
+                for r in load_hk_en_zh(name[len(HK_EN_ZH) + 1:], corpus_split)]
     if name in BUILTINS:
-        rows = load_builtin(name, split)
+        rows = load_builtin(name, corpus_split)
         mapping, label_col = resolve_label_column(columns, label_column)
         if not mapping and label_col == "label":
             return rows
-        return [shape_row(row, mapping, label_col, require_label, f"{name} ({split})") for row in rows]
+        return [shape_row(row, mapping, label_col, require_label, f"{name} ({corpus_split})") for row in rows]
     if file.exists():
-        raise DataError("the path is not a file", where=name, fix=f"give a {', '.join(FILE_SUFFIXES)} file")
+        raise DataError("the path is not a data file", where=name,
+                        fix=f"give a {', '.join(FILE_SUFFIXES + DATASET_SUFFIXES)} file, or a directory written by "
+                            "`Dataset.save_to_disk`")
     close = difflib.get_close_matches(name, builtin_names(), n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise DataError("this is neither an existing file nor a built-in corpus", where=name,
-                    fix=f"{hint}check the path, or use a built-in corpus: {', '.join(builtin_names())}")
+                    fix=f"{hint}check the path, or use a built-in corpus ({', '.join(builtin_names())}) or a Hub dataset "
+                        "(hf:OWNER/NAME[:CONFIG][@SPLIT])")

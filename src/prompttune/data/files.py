@@ -144,7 +144,8 @@ def _read_table(text: str, name: str, delimiter: str, mapping: Mapping[str, str]
     return rows
 
 
-def _json_str(value: object) -> str | None:
+def value_text(value: object) -> str | None:
+    """A JSON or Arrow value as the row's str (None stays None: a missing value); lists and objects as JSON."""
     if value is None:
         return None
     if isinstance(value, str):
@@ -153,7 +154,7 @@ def _json_str(value: object) -> str | None:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return str(value)
-    return json.dumps(value, ensure_ascii=False)
+    return json.dumps(value, ensure_ascii=False, default=str)  # Arrow dates, bytes, ...: their text
 
 
 def _json_row(obj: object, where: str, mapping: Mapping[str, str], label_column: str,
@@ -161,7 +162,7 @@ def _json_row(obj: object, where: str, mapping: Mapping[str, str], label_column:
     if not isinstance(obj, dict):
         raise DataError(f"expected a JSON object, got {type(obj).__name__ if obj is not None else 'null'}",
                         where=where, fix=hint)
-    raw = {k: s for k, v in obj.items() if (s := _json_str(v)) is not None}
+    raw = {k: s for k, v in obj.items() if (s := value_text(v)) is not None}
     from ..template import check_input_texts
 
     check_input_texts(raw, where, error=DataError)  # a JSON \ud800 escape decodes to a lone surrogate

@@ -9,10 +9,15 @@ from ..errors import ConfigError, DataError
 from .files import Row
 
 
-def _by_label(rows: Sequence[Row], what: str) -> dict[str, list[int]]:
+def row_labels(rows: Sequence[Row]) -> list[str | None]:
+    """Every row's label (None where it has none); a :class:`~prompttune.data.DatasetRows` reads its label column alone."""
+    labels = getattr(rows, "labels", None)
+    return labels() if callable(labels) else [row.get("label") for row in rows]
+
+
+def _by_label(labels: Sequence[str | None], what: str) -> dict[str, list[int]]:
     groups: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        label = row.get("label")
+    for i, label in enumerate(labels):
         if label is None:
             raise DataError(f"{what} needs labelled rows but row {i + 1} has no label", where=what,
                             fix="use labelled data (require_label=True)")
@@ -20,28 +25,42 @@ def _by_label(rows: Sequence[Row], what: str) -> dict[str, list[int]]:
     return groups
 
 
-def few_shot(rows: Sequence[Row], per_class: int, seed: int) -> list[Row]:
-    """``per_class`` rows of every label, drawn deterministically from ``seed``, in shuffled order.
+def few_shot_indices(labels: Sequence[str | None], per_class: int, seed: int, *, exclude=frozenset(),
+                     strict: bool = True) -> list[int]:
+    """Indices of ``per_class`` rows of every label, drawn deterministically from ``seed``, in shuffled order.
 
-    For one seed, the sample for a larger ``per_class`` contains the one for a smaller.
+    Each class is shuffled whole and its first ``per_class`` indices not in ``exclude`` are taken, so a dev sample
+    drawn with ``exclude=`` the train sample's indices never repeats a training row, and is the same sample as without
+    ``exclude`` whenever the two did not meet. For one seed, the sample for a larger ``per_class`` contains the one for
+    a smaller. A class with fewer rows (left) is an error, or with ``strict=False`` gives what it has.
     """
     if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
         raise ConfigError(f"per_class must be a positive integer, got {per_class!r}", where="few_shot",
                           fix="use e.g. per_class=16")
-    groups = _by_label(rows, "few_shot")
-    short = {label: len(ix) for label, ix in groups.items() if len(ix) < per_class}
-    if short:
+    groups = _by_label(labels, "few_shot")
+    left = {label: sum(i not in exclude for i in ix) for label, ix in groups.items()}
+    short = {label: n for label, n in left.items() if n < per_class}
+    if short and strict:
         detail = ", ".join(f"class {label!r} has only {n}" for label, n in sorted(short.items()))
-        raise DataError(f"cannot draw {per_class} examples per class: {detail}", where="few_shot",
+        rest = " left after the training sample" if exclude else ""
+        raise DataError(f"cannot draw {per_class} examples per class: {detail}{rest}", where="few_shot",
                         fix=f"lower per_class to at most {min(short.values())}, or add examples")
     rng = random.Random(seed)
     chosen: list[int] = []
     for label in sorted(groups):
         ix = list(groups[label])
         rng.shuffle(ix)
-        chosen.extend(ix[:per_class])
+        chosen.extend([i for i in ix if i not in exclude][:per_class])
     random.Random(f"few_shot-order-{seed}").shuffle(chosen)
-    return [dict(rows[i]) for i in chosen]
+    return chosen
+
+
+def few_shot(rows: Sequence[Row], per_class: int, seed: int) -> list[Row]:
+    """``per_class`` rows of every label, drawn deterministically from ``seed``, in shuffled order (copies).
+
+    For one seed, the sample for a larger ``per_class`` contains the one for a smaller.
+    """
+    return [dict(rows[i]) for i in few_shot_indices(row_labels(rows), per_class, seed)]
 
 
 def split_dev(rows: Sequence[Row], *, per_class: int | None = None, fraction: float = 0.25,
@@ -59,7 +78,7 @@ def split_dev(rows: Sequence[Row], *, per_class: int | None = None, fraction: fl
     if per_class is None and not (0.0 < fraction < 1.0):
         raise ConfigError(f"fraction must be between 0 and 1, got {fraction!r}", where="split_dev",
                           fix="use e.g. fraction=0.25")
-    groups = _by_label(rows, "split_dev")
+    groups = _by_label(row_labels(rows), "split_dev")
     rng = random.Random(seed)
     dev_ix: set[int] = set()
     for label in sorted(groups):

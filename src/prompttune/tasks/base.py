@@ -174,8 +174,10 @@ def load_test(cfg, **kw) -> list[dict]:
     """The test rows a config names (its data.test's test split), the first data.test_size of them."""
     from .. import data as D
 
-    test = D.load_rows(cfg.data.test, split="test", **kw) if cfg.data.test else []
-    return test[: cfg.data.test_size] if cfg.data.test_size else test
+    if not cfg.data.test:
+        return []
+    test = D.open_rows(cfg.data.test, split="test", **kw)  # a large dataset: only the first test_size rows are read
+    return list(test[: cfg.data.test_size] if cfg.data.test_size else test)
 
 
 def check_splits(cfg, template: Template, splits: dict[str, list[dict]], *, labels: list[str] | None,

@@ -29,19 +29,22 @@ class ClassificationTask(Task):
         """Train, dev and test rows as the config asks (few-shot sampled, with a seeded dev split)."""
         dc = cfg.data
         kw = dict(columns=dc.columns or None, label_column=dc.label_column)
-        pool = D.load_rows(dc.train, split="train", **kw)
-        if dc.shots_per_class:
-            train = D.few_shot(pool, dc.shots_per_class, dc.seed)
-            taken = {id(r) for r in train}
-            rest = [r for r in pool if id(r) not in taken]
-        else:
-            train, rest = pool, []
+        pool = D.open_rows(dc.train, split="train", **kw)  # a large dataset stays in Arrow: only the drawn rows are read
         if dc.dev:
-            dev = D.load_rows(dc.dev, split="train", **kw)
-        elif rest:
-            dev = D.few_shot(rest, dc.dev_shots_per_class or dc.shots_per_class, dc.seed + 1)
+            dev = D.load_rows(dc.dev, split="dev", **kw)
+        if dc.shots_per_class:
+            labels = D.row_labels(pool)
+            taken = D.few_shot_indices(labels, dc.shots_per_class, dc.seed)
+            train = [dict(pool[i]) for i in taken]
+            if not dc.dev:  # drawn from the rows the training sample left (what a small pool has), else carved from train
+                dev = [dict(pool[i]) for i in D.few_shot_indices(labels, dc.dev_shots_per_class or dc.shots_per_class,
+                                                                 dc.seed + 1, exclude=frozenset(taken), strict=False)]
+                if not dev:
+                    train, dev = D.split_dev(train, seed=dc.seed)
         else:
-            train, dev = D.split_dev(train, seed=dc.seed)
+            train = list(pool)
+            if not dc.dev:
+                train, dev = D.split_dev(train, seed=dc.seed)
         return train, dev, load_test(cfg, **kw)
 
     @classmethod

@@ -24,14 +24,15 @@ class GenerationTask(Task):
         rows (never trained on); train is data.train_size of the rest (or all of it)."""
         dc = cfg.data
         kw = dict(columns=dc.columns or None, label_column=dc.label_column, require_label=False)
-        pool = D.load_rows(dc.train, split="train", **kw)
-        random.Random(dc.seed).shuffle(pool)
+        pool = D.open_rows(dc.train, split="train", **kw)  # a large dataset stays in Arrow: only the rows taken are read
+        order = list(range(len(pool)))
+        random.Random(dc.seed).shuffle(order)  # the permutation shuffling the rows themselves would make
         if dc.dev:
-            dev = D.load_rows(dc.dev, split="train", **kw)
+            dev = D.load_rows(dc.dev, split="dev", **kw)
         else:
-            take = min(dc.dev_size, max(len(pool) - 1, 0))
-            dev, pool = pool[:take], pool[take:]
-        train = pool[: dc.train_size] if dc.train_size else pool
+            take = min(dc.dev_size, max(len(order) - 1, 0))
+            dev, order = [pool[i] for i in order[:take]], order[take:]
+        train = [pool[i] for i in (order[: dc.train_size] if dc.train_size else order)]
         return train, dev, load_test(cfg, **kw)
 
     @classmethod
