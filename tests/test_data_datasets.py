@@ -201,3 +201,14 @@ def test_a_missing_dataset_path_is_not_taken_for_a_corpus_name(tmp_path):
     with pytest.raises(PromptTuneError, match="neither an existing file nor a built-in corpus") as e:
         D.load_rows(tmp_path / "nope.parquet")
     assert "hf:OWNER/NAME" in e.value.fix
+
+
+def test_a_run_on_a_hub_dataset_offline_stops_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    cfg = {"model": {"name": str(tmp_path / "no-such-model")}, "data": {"train": "hf:nyu-mll/glue:sst2", "test": None},
+           "output": str(tmp_path / "out")}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    code, out, err = run_cli(monkeypatch, capsys, "train", tmp_path / "run.yaml")
+    assert code != 0
+    assert "could not reach the Hugging Face Hub for dataset 'nyu-mll/glue'" in err and "save_to_disk" in err
+    assert "no-such-model" not in err and not (tmp_path / "out").exists()
