@@ -49,21 +49,34 @@ def _root(debug: bool = typer.Option(False, "--debug", help="show full traceback
 
 
 @app.command()
-def train(config: Optional[Path] = typer.Argument(None, help="YAML config (see examples/); defaults apply to missing keys"),
+def train(config: Optional[Path] = typer.Argument(None, help="YAML config (see examples/; every key: `prompttune config`); defaults apply to missing keys"),
           set_: List[str] = typer.Option([], "--set", help="override a config key, e.g. --set train.lr=0.01 (repeatable)"),
           output: Optional[Path] = typer.Option(None, "--output", "-o", help="output directory (config key: output)"),
           overwrite: bool = typer.Option(False, "--overwrite", help="replace an output directory that holds files prompttune "
                                          "did not write (config key: overwrite)"),
-          json_out: bool = typer.Option(False, "--json", help="print the metrics as one JSON object")) -> None:
+          dry_run: bool = typer.Option(False, "--dry-run", help="check the config, the data (test included), the "
+                                       "verbalizer and the method, print the plan, and stop: nothing trained or written"),
+          json_out: bool = typer.Option(False, "--json", help="print the metrics (with --dry-run: the plan) as one JSON object")) -> None:
     """Train + validate: writes the artifact, metrics.json and report.md into the output directory.
 
     The output directory is replaced whole when the run is done (built beside it, then swapped in): a crash or a
-    failed run leaves the previous run as it was."""
+    failed run leaves the previous run as it was.
+
+    Every config key, its type, default and meaning: `prompttune config` (a method's own options:
+    `prompttune config --method NAME`; a complete starting file: `prompttune config --defaults > my.yaml`)."""
     from .config import load_config
-    from .pipeline import run_training
 
     overrides = list(set_) + ([f"output={output}"] if output else []) + (["overwrite=true"] if overwrite else [])
     cfg = load_config(config, overrides)
+    if dry_run:
+        from .plan import plan_lines, plan_run
+
+        plan = plan_run(cfg)
+        for line in ([json.dumps(plan, ensure_ascii=False)] if json_out else plan_lines(plan)):
+            _out(line)
+        return
+    from .pipeline import run_training
+
     res = run_training(cfg, log=_say)
     if not res.get("main_process", True):  # under accelerate launch only the main process reports
         return
@@ -317,6 +330,34 @@ def serve(directories: List[Path] = typer.Argument(..., help="artifact directori
              + ("" if api_key else "; no --api-key is set, so any client that reaches the port can use them"))
     run_server(engine, host=host, port=port, api_key=api_key, max_inputs=max_inputs, max_body_bytes=max_body_bytes,
                allow_admin=admin, on_shutdown=lambda: _say(engine.stats.summary()))
+
+
+@app.command("config")
+def config_(method: Optional[str] = typer.Option(None, "--method", "-m", help="also list this method's own options"),
+            defaults: bool = typer.Option(False, "--defaults", help="write a complete, commented config at its defaults "
+                                          "(e.g. > my.yaml)"),
+            schema: bool = typer.Option(False, "--schema", help="write the config's JSON Schema (for editors: "
+                                        "yaml-language-server)")) -> None:
+    """Every config key: its path (as --set writes it), type, default and description, from the config's own models."""
+    from . import config_docs
+    from .schemas import METHOD_OPTIONS
+
+    if defaults and schema:
+        raise typer.BadParameter("give one of --defaults and --schema")
+    if schema:
+        _out(config_docs.schema_text(), end="")
+        return
+    if defaults:
+        _out(config_docs.defaults_yaml(method), end="")
+        return
+    for key in config_docs.all_keys(method):
+        _out(f"{key.path}: {key.type} = {config_docs.shown(key.default)}")
+        if key.description:
+            _out(f"    {key.description}")
+    if method is None:
+        _out("")
+        _out("each method has options of its own, written beside method.name; see them with "
+             "`prompttune config --method NAME` (NAME: " + ", ".join(METHOD_OPTIONS) + ")")
 
 
 @app.command("list")

@@ -183,17 +183,17 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         except UnicodeDecodeError:
             raise ConfigError("not UTF-8", where=str(p), fix="save the config as UTF-8") from None
         except RecursionError:
-            raise ConfigError("the YAML is nested too deeply", where=str(p), fix="write the config as flat sections (see examples/*.yaml)") from None
+            raise ConfigError("the YAML is nested too deeply", where=str(p), fix="write the config as flat sections (`prompttune config --defaults` writes one)") from None
         except OSError as e:
             raise ConfigError(f"cannot read the config ({e.strerror or e})", where=str(p), fix="check the path and its permissions") from None
         raw = {} if raw is None else raw
         if not isinstance(raw, dict):
             raise ConfigError(f"the config must be a mapping of sections (model, prompt, method, data, train), not a {_kind(raw)}",
-                              where=str(p), fix="write `section:` lines with `key: value` under them; see examples/*.yaml")
+                              where=str(p), fix="write `section:` lines with `key: value` under them (`prompttune config --defaults` writes a complete config)")
         bad = [k for k in raw if not isinstance(k, str)]
         if bad:
             raise ConfigError(f"section names are text; {bad[0]!r} is a {_kind(bad[0])}", where=str(p),
-                              fix="use the sections model, prompt, method, data, train, generation (see examples/*.yaml)")
+                              fix="use the sections model, prompt, method, data, train, generation (`prompttune config` lists their keys)")
     return validate_config(apply_overrides(raw, overrides), where, overrides=overrides)
 
 
@@ -312,7 +312,12 @@ def validate_config(raw: dict, where: str, *, overrides: list[str] | None = None
         blamed = sorted(set(sources))
         at = blamed[0] if len(blamed) == 1 else where
         what = "; ".join(line + (f" (from {src})" if src and src != at else "") for line, src in lines)
-        fix = "see `prompttune train --help` and examples/*.yaml for valid keys"
+        method = raw.get("method") if isinstance(raw, dict) else None
+        name = method.get("name", DEFAULT_METHOD) if isinstance(method, dict) else None
+        if any(tuple(err["loc"][:1]) == ("method",) for err in e.errors()) and name in METHOD_OPTIONS:
+            fix = f"`prompttune config --method {name}` lists that method's options with their types and defaults"
+        else:
+            fix = "`prompttune config` lists every key with its type and default"
         if at.startswith("--set"):
             fix = "correct the value (--set section.key=value; quote text that YAML reads as another type, e.g. --set 'k=\"no\"')" \
                   "; " + fix

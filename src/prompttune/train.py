@@ -31,6 +31,14 @@ def steps_for(n_train: int, batch_size: int) -> int:
     return int(min(400, max(60, 30 * per_epoch)))
 
 
+def schedule(cfg: TrainConfig, n_train: int, world: int = 1) -> tuple[int, int, int]:
+    """(optimizer steps, steps per epoch, steps between dev evaluations) a run of ``n_train`` rows takes."""
+    per_step = cfg.batch_size * world * cfg.grad_accum
+    max_steps = cfg.max_steps or steps_for(n_train, per_step)
+    steps_per_epoch = max(1, math.ceil(n_train / per_step))
+    return max_steps, steps_per_epoch, cfg.eval_every or max(10, steps_per_epoch)
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -134,9 +142,7 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
     main = accelerator.is_main_process
     world = accelerator.num_processes
     lr = cfg.lr or pm.method.default_lr
-    max_steps = cfg.max_steps or steps_for(len(train_rows), cfg.batch_size * world * cfg.grad_accum)
-    steps_per_epoch = max(1, math.ceil(len(train_rows) / (cfg.batch_size * world * cfg.grad_accum)))
-    eval_every = cfg.eval_every or max(10, steps_per_epoch)
+    max_steps, steps_per_epoch, eval_every = schedule(cfg, len(train_rows), world)
     ckpt_every = cfg.checkpoint_every or eval_every
 
     params = pm.method.trainable_parameters(pm.backbone)
