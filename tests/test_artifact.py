@@ -32,7 +32,7 @@ def test_soft_prompt_artifact_round_trips_with_identical_scores(saved_tiny, tmp_
     torch.testing.assert_close(again.predict_log_probs(rows), pm.predict_log_probs(rows))
     assert again.verbalizer.calibration == [0.1, -0.1]
     assert again.method.options.encoder == "mlp"
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["prompt.json", "prompt.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["README.md", "prompt.json", "prompt.safetensors"]
     assert artifact_bytes(tmp_path / "a") < 20_000
 
 

@@ -1,7 +1,12 @@
 """Artifacts: ``prompt.json`` (template, verbalizer, method, backbone id + fingerprint, versions) and
-``prompt.safetensors`` (only the trained prompt parameters). Methods that train the backbone also save it
-with ``save_pretrained`` into ``backbone/``. Never pickle. The whole directory is built beside its target and
-swapped in as one step (:func:`prompttune.files.staged_directory`): a reader sees the old artifact or the new one.
+``prompt.safetensors`` (only the trained prompt parameters), with a model card ``README.md`` (:mod:`prompttune.card`)
+for people and the Hub. Methods that train the backbone also save it with ``save_pretrained`` into ``backbone/``.
+Never pickle. The whole directory is built beside its target and swapped in as one step
+(:func:`prompttune.files.staged_directory`): a reader sees the old artifact or the new one.
+
+Where an artifact is read, a Hub id ``user/name`` (or ``user/name@revision``) that is not a local directory names
+the Hub repository of that id (:mod:`prompttune.hub`): its snapshot is downloaded into the Hugging Face cache, or
+found there, and then checked and loaded as a local artifact is.
 """
 
 from __future__ import annotations
@@ -14,14 +19,16 @@ from pathlib import Path
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
+from .card import CARD_NAME, is_card, write_card
 from .errors import ArtifactError, validation_summary
-from .files import atomic_write_text, staged_directory
+from .files import atomic_write_text, is_ours, staged_directory
 
 FORMAT = "prompttune-artifact"
 FORMAT_VERSION = 1
 PROMPT_JSON = "prompt.json"
 PROMPT_TENSORS = "prompt.safetensors"
 BACKBONE_DIR = "backbone"
+MODEL_CARD = CARD_NAME  # README.md: written with every artifact, read by people and the Hub, never by loading
 
 
 REWRITE = "re-run training to rewrite the artifact (or restore prompt.json as prompttune wrote it)"
@@ -178,22 +185,36 @@ def _versions() -> dict:
 # beside them. A directory holding anything else is not replaced without --overwrite.
 RUN_FILES = ("metrics.json", "report.md", "confusion_matrix.png", "training_curve.png", "config.yaml", "train.log",
              "cell.json", "checkpoint")
-OUTPUT_NAMES = frozenset({PROMPT_JSON, PROMPT_TENSORS, BACKBONE_DIR, *RUN_FILES})
+OUTPUT_NAMES = frozenset({PROMPT_JSON, PROMPT_TENSORS, BACKBONE_DIR, MODEL_CARD, *RUN_FILES})
 
 
-def save(pm, directory, *, metrics: dict | None = None, extra: dict | None = None, overwrite: bool = False) -> Path:
+def is_output(path: Path) -> bool:
+    """Whether ``path``, in an output directory, is one prompttune writes there: a name of OUTPUT_NAMES, and for
+    README.md, a model card prompttune wrote (a person's own README.md is kept unless --overwrite)."""
+    if path.name == MODEL_CARD:
+        return is_card(path)
+    return is_ours(path.name, OUTPUT_NAMES)
+
+
+def save(pm, directory, *, metrics: dict | None = None, extra: dict | None = None, overwrite: bool = False, run=None,
+         hub_id: str | None = None) -> Path:
     """Write the artifact of a PromptModel (or GenerationModel) into ``directory``; returns its path.
 
     The whole directory is built beside it and swapped in at the end, so ``directory`` holds the complete old
     artifact or the complete new one at every instant, even if the process is killed. A directory that holds
-    files prompttune did not write is refused unless ``overwrite``."""
-    with staged_directory(directory, ours=OUTPUT_NAMES, overwrite=overwrite) as stage:
-        write_artifact(pm, stage, metrics=metrics, extra=extra)
+    files prompttune did not write is refused unless ``overwrite``. ``run`` and ``hub_id``: for the model card
+    (see :func:`write_artifact`)."""
+    with staged_directory(directory, ours=is_output, overwrite=overwrite) as stage:
+        write_artifact(pm, stage, metrics=metrics, extra=extra, run=run, hub_id=hub_id)
     return Path(directory)
 
 
-def write_artifact(pm, directory, *, metrics: dict | None = None, extra: dict | None = None) -> Path:
-    """Write the artifact's files into ``directory`` (a fresh staging directory: see :func:`save`)."""
+def write_artifact(pm, directory, *, metrics: dict | None = None, extra: dict | None = None, run=None,
+                   hub_id: str | None = None) -> Path:
+    """Write the artifact's files into ``directory`` (a fresh staging directory: see :func:`save`): prompt.json,
+    prompt.safetensors, backbone/ when the method trains it, and the model card README.md rendered from prompt.json.
+    ``run``: the training run's ``RunConfig``, whose data (files or corpora, sample, seeds) the card describes;
+    ``hub_id``: the Hub repository the card's load commands name (default: a placeholder path)."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     save_file(pm.method.prompt_tensors(), str(out / PROMPT_TENSORS), metadata={"format": FORMAT})
@@ -224,20 +245,46 @@ def write_artifact(pm, directory, *, metrics: dict | None = None, extra: dict | 
     if extra:
         meta.update(extra)
     atomic_write_text(out / PROMPT_JSON, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    write_card(out, meta, run=run, hub_id=hub_id)
     return out
 
 
 def artifact_bytes(directory) -> int:
-    """Bytes of the artifact itself (prompt.json + prompt.safetensors + backbone/ if any)."""
-    d = Path(directory)
+    """Bytes of the artifact itself (prompt.json + prompt.safetensors + backbone/ if any): what a backbone needs to
+    become the tuned model. The model card (README.md) is documentation and does not count. A Hub id counts its
+    downloaded snapshot."""
+    d = locate(directory) if _hub_only(directory) else Path(directory)
     total = sum((d / f).stat().st_size for f in (PROMPT_JSON, PROMPT_TENSORS) if (d / f).exists())
     if (d / BACKBONE_DIR).is_dir():
         total += sum(p.stat().st_size for p in (d / BACKBONE_DIR).rglob("*") if p.is_file())
     return total
 
 
+def _hub_only(directory) -> bool:
+    """A Hub id with no local directory of that name."""
+    from .hub import is_hub_id
+
+    try:
+        return is_hub_id(directory) and not Path(directory).exists()
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def locate(directory, *, revision: str | None = None, token=None) -> Path:
+    """The local directory of an artifact: ``directory`` itself, or, when no local directory of that name exists and
+    it reads as a Hub id (``user/name``, ``user/name@revision``), the snapshot of that Hub repository, downloaded into
+    the Hugging Face cache or found there (``HF_HUB_OFFLINE=1``: the cache only). Anything else is returned as a
+    path, for the reader's own "not an artifact" error. Hub failures raise ArtifactError (what, the id, the fix)."""
+    if not _hub_only(directory):
+        return Path(directory)
+    from .hub import download_artifact
+
+    return download_artifact(directory, revision=revision, token=token)
+
+
 def read_meta(directory) -> dict:
-    d = Path(directory)
+    """The checked prompt.json of the artifact ``directory`` (a local directory or a Hub id: :func:`locate`)."""
+    d = locate(directory)
     path = d / PROMPT_JSON
     try:
         found = path.is_file()
@@ -266,13 +313,14 @@ def read_meta(directory) -> dict:
     return meta
 
 
-def load(directory, *, backbone=None):
-    """Load an artifact. ``backbone``: a Backbone already in memory (e.g. shared by a server); by default the
+def load(directory, *, backbone=None, revision: str | None = None, token=None):
+    """Load an artifact: a local directory, or a Hub id ``user/name[@revision]`` (:func:`locate`; ``revision`` and
+    ``token`` go to the Hub). ``backbone``: a Backbone already in memory (e.g. shared by a server); by default the
     one named in prompt.json is loaded. A backbone whose fingerprint differs is refused."""
     from .methods import make_method
     from .tasks import task_type
 
-    d = Path(directory)
+    d = locate(directory, revision=revision, token=token)
     meta = read_meta(d)
     check_confined(d, meta)
     method_cfg = dict(meta["method"])
@@ -284,20 +332,23 @@ def load(directory, *, backbone=None):
 
 def check_confined(d: Path, meta: dict) -> None:
     """Every file an artifact makes us read lies inside its directory, symlinks resolved: an artifact can only
-    read what is inside it (whatever route loads it: Python, the CLI, the server)."""
+    read what is inside it (whatever route loads it: Python, the CLI, the server). A Hugging Face cache snapshot's
+    files are links into its repository's ``blobs`` folder, which counts as inside (:func:`prompttune.hub.snapshot_blobs`)."""
+    from .hub import snapshot_blobs
+
     tb = meta.get("trained_backbone")
     if tb not in (None, BACKBONE_DIR):
         raise ArtifactError(f"prompt.json names the fine-tuned backbone at {tb!r}; an artifact's own backbone is always "
                             f"its {BACKBONE_DIR!r} subdirectory", where=str(d / PROMPT_JSON),
                             fix=f'set "trained_backbone" to "{BACKBONE_DIR}" (or null), or re-run training to rewrite the artifact')
-    root = d.resolve()
+    roots = [d.resolve()] + [b for b in (snapshot_blobs(d),) if b is not None]
     paths = [d / PROMPT_JSON, d / PROMPT_TENSORS]
     if tb:
         paths.append(d / BACKBONE_DIR)
         if (d / BACKBONE_DIR).is_dir() and not (d / BACKBONE_DIR).is_symlink():
             paths += sorted((d / BACKBONE_DIR).rglob("*"))
     for p in paths:
-        if (p.exists() or p.is_symlink()) and not p.resolve().is_relative_to(root):
+        if (p.exists() or p.is_symlink()) and not any(p.resolve().is_relative_to(r) for r in roots):
             raise ArtifactError(f"{p.relative_to(d)} points outside the artifact directory (to {p.resolve()})", where=str(d),
                                 fix="copy the file into the artifact instead of linking to it; an artifact only reads what is inside it")
 

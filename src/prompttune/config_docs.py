@@ -13,7 +13,6 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 

@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -173,10 +173,11 @@ def replace_directory(staged: str | Path, target: str | Path) -> None:
     _fsync_dir(target.parent)
 
 
-def check_output_directory(target: str | Path, *, ours: Collection[str], overwrite: bool = False,
+def check_output_directory(target: str | Path, *, ours: Collection[str] | Callable[[Path], bool], overwrite: bool = False,
                            where: str = "output") -> Path:
     """Refuse an output directory that would destroy what is not ours: the working directory or one above it, a
-    file, or a directory holding files prompttune did not write (unless ``overwrite``)."""
+    file, or a directory holding files prompttune did not write (unless ``overwrite``). ``ours``: the names
+    prompttune writes, or a test of a path (for a name that is ours only with our content, such as a model card)."""
     raw = str(target)
     target = Path(target).expanduser()
     resolved = target.resolve()
@@ -189,7 +190,7 @@ def check_output_directory(target: str | Path, *, ours: Collection[str], overwri
         raise ConfigError(f"the output path {raw!r} is a file, not a directory", where=where,
                           fix="name a directory (it is created), or move the file away")
     if target.is_dir() and not overwrite:
-        foreign = sorted(p.name for p in target.iterdir() if not _is_ours(p.name, ours))
+        foreign = sorted(p.name for p in target.iterdir() if not (ours(p) if callable(ours) else is_ours(p.name, ours)))
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
             raise ConfigError(f"the output directory {raw!r} holds files prompttune did not write ({shown}); "
@@ -198,12 +199,13 @@ def check_output_directory(target: str | Path, *, ours: Collection[str], overwri
     return target
 
 
-def _is_ours(name: str, ours: Collection[str]) -> bool:
+def is_ours(name: str, ours: Collection[str]) -> bool:
+    """A name in ``ours``, or a hidden temporary file of one (``.name.…``, left by a write that was cut off)."""
     return name in ours or (name.startswith(".") and any(name[1:].startswith(f"{n}.") for n in ours))
 
 
 @contextlib.contextmanager
-def staged_directory(target: str | Path, *, ours: Collection[str], overwrite: bool = False,
+def staged_directory(target: str | Path, *, ours: Collection[str] | Callable[[Path], bool], overwrite: bool = False,
                      where: str = "output") -> Iterator[Path]:
     """Yield an empty staging directory beside ``target``; when the block finishes, it replaces ``target`` whole.
     If the block raises (or the process dies), ``target`` is left exactly as it was."""

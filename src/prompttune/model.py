@@ -37,22 +37,48 @@ class Tunable:
     labelled: ClassVar[bool] = True  # its training and evaluation rows carry a label (classification) or not
 
     @classmethod
-    def from_pretrained(cls, directory, *, backbone: Backbone | None = None):
-        """Load an artifact written by :meth:`save_pretrained` (or ``prompttune train``). ``backbone``: one already in
-        memory to attach it to (refused when the artifact was trained on another)."""
+    def from_pretrained(cls, id_or_dir, *, backbone: Backbone | None = None, revision: str | None = None, token=None):
+        """Load an artifact written by :meth:`save_pretrained` (or ``prompttune train``): a local directory, or a Hub id
+        ``user/name`` (``user/name@revision``) when no local directory of that name exists, downloaded into the Hugging
+        Face cache (``HF_HUB_OFFLINE=1``: the cache only) and checked as a local artifact is. ``backbone``: one already
+        in memory to attach it to (refused when the artifact was trained on another)."""
         from .artifact import load
 
-        model = load(directory, backbone=backbone)
+        model = load(id_or_dir, backbone=backbone, revision=revision, token=token)
         if not isinstance(model, cls):
-            raise ArtifactError(f"{directory} holds a {model.task} artifact, not a {cls.task} one", where=str(directory),
+            raise ArtifactError(f"{id_or_dir} holds a {model.task} artifact, not a {cls.task} one", where=str(id_or_dir),
                                 fix=f"load it with {type(model).__name__}.from_pretrained, or with prompttune.load")
         return model
 
-    def save_pretrained(self, directory, **extra):
-        """Write the artifact (prompt.json + prompt.safetensors, and the backbone if the method trained it)."""
+    def save_pretrained(self, directory, push_to_hub: bool = False, *, repo_id: str | None = None, private: bool | None = None,
+                        token=None, commit_message: str | None = None, **options):
+        """Write the artifact (prompt.json + prompt.safetensors + the model card README.md, and the backbone if the
+        method trained it); returns its path. ``options``: ``metrics``, ``extra``, ``overwrite``, ``run`` of
+        :func:`prompttune.artifact.save`. ``push_to_hub``: then upload the directory to ``repo_id`` (default: the
+        directory's name, in your namespace) as :meth:`push_to_hub` does."""
         from .artifact import save
 
-        return save(self, directory, **extra)
+        if not push_to_hub:
+            return save(self, directory, **options)
+        from pathlib import Path
+
+        from .hub import parse_hub_id, upload_artifact
+
+        repo_id = repo_id or Path(directory).name
+        named = repo_id if parse_hub_id(repo_id) is not None and "@" not in repo_id else None  # the card's load commands
+        out = save(self, directory, hub_id=options.pop("hub_id", named), **options)
+        upload_artifact(out, repo_id, private=private, token=token, commit_message=commit_message)
+        return out
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token=None,
+                    commit_message: str = "Upload prompttune artifact", metrics: dict | None = None) -> str:
+        """Upload the artifact to the Hub model repository ``repo_id`` (``user/name``, or ``name`` in your namespace;
+        created if missing, ``private`` as given): saved into a temporary directory (its card naming the repository),
+        then ``HfApi.create_repo`` + ``upload_folder``. ``metrics``: test metrics for the card. Returns the commit URL.
+        Load it back anywhere with ``from_pretrained(repo_id)`` / ``prompttune.load(repo_id)``."""
+        from .hub import push_artifact
+
+        return push_artifact(self, repo_id, private=private, token=token, commit_message=commit_message, metrics=metrics)
 
     save = save_pretrained
 
@@ -157,6 +183,14 @@ class PromptModel(Tunable, nn.Module):
         return self.backbone.model.get_input_embeddings().weight.device
 
     # ---- data -> model rows ----------------------------------------------------------------
+    def label_word_tokens(self) -> dict[str, list[list[str]]]:
+        """Each label's words as the tokens they are scored by (nothing for a method that answers with a task head)."""
+        if not self.word_ids:
+            return {}
+        tok = self.backbone.tokenizer
+        words = self.verbalizer.encode(tok, leading_space=self.renderer.space_before_mask and self.backbone.family.leading_space())
+        return {label: [tok.convert_ids_to_tokens(ids) for ids in ws] for label, ws in zip(self.labels, words)}
+
     def render(self, row: Mapping[str, str]):
         key = tuple(str(row.get(f, "")) for f in self.template.fields)
         hit = self._render_cache.get(key)

@@ -11,7 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .artifact import OUTPUT_NAMES, artifact_bytes, load
+from .artifact import artifact_bytes, is_output, load
 from .config import RunConfig
 from .files import check_output_directory, staged_directory
 from .tasks import check_splits, task_of, task_type
@@ -92,7 +92,7 @@ def run_training(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
     if not main:
         progress, log = False, (lambda msg: None)
     kind = task_type(cfg.task)
-    out = check_output_directory(cfg.output, ours=OUTPUT_NAMES, overwrite=cfg.overwrite)
+    out = check_output_directory(cfg.output, ours=is_output, overwrite=cfg.overwrite)
     kind.check_config(cfg)
     train, dev, test = kind.load_splits(cfg)
     log(f"data: {len(train)} train, {len(dev)} dev, {len(test)} test examples")
@@ -109,7 +109,7 @@ def run_training(cfg: RunConfig, *, progress: bool = True, log=print) -> dict:
     task = task_of(_unsharded(model, result, make, log))
     metrics = task.test(cfg, test, progress=progress, log=log)
     # Everything is known: write the whole output beside its place, then swap it in (old run or new, never a mix).
-    with staged_directory(out, ours=OUTPUT_NAMES, overwrite=cfg.overwrite) as stage:
+    with staged_directory(out, ours=is_output, overwrite=cfg.overwrite) as stage:
         record = task.write_run(stage, cfg, metrics, zero, result, test, warnings, t0)
     _barrier()
     return {**record, "output": str(out)}

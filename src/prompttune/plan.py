@@ -7,7 +7,7 @@ tokenizer and the method its options), and the trainer's schedule. Nothing is tr
 
 from __future__ import annotations
 
-from .artifact import OUTPUT_NAMES
+from .artifact import is_output
 from .config import RunConfig
 from .files import check_output_directory
 from .tasks import task_type
@@ -17,7 +17,7 @@ from .train import schedule
 def plan_run(cfg: RunConfig) -> dict:
     """Check everything a ``train`` run would check first and return what it would do (JSON-able)."""
     kind = task_type(cfg.task)
-    check_output_directory(cfg.output, ours=OUTPUT_NAMES, overwrite=cfg.overwrite)
+    check_output_directory(cfg.output, ours=is_output, overwrite=cfg.overwrite)
     kind.check_config(cfg)
     train, dev, test = kind.load_splits(cfg)
     warnings = kind.check_data(cfg, {"train": train, "dev": dev, "test": test})

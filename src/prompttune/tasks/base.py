@@ -100,7 +100,7 @@ class Task:
         from ..config import dump_config
         from ..files import atomic_write_text, write_json
 
-        write_artifact(self.model, stage, metrics=metrics or None)
+        write_artifact(self.model, stage, metrics=metrics or None, run=cfg)
         metrics, samples = self.run_record(stage, cfg, dict(metrics), zero, test)
         metrics["artifact_bytes"] = artifact_bytes(stage)
         metrics["trainable_parameters"] = self.model.num_trainable_parameters()
