@@ -1,6 +1,6 @@
 """The HTTP service over ServeEngine (FastAPI; install with ``pip install 'prompttune[serve]'``).
 
-Routes (all JSON except /metrics; every route but /health needs ``Authorization: Bearer KEY`` when a key is set):
+Routes (all JSON except /metrics and the playground; every route but /health and the playground needs ``Authorization: Bearer KEY`` when a key is set):
 
 - ``GET /health``                         liveness, backbone and task count
 - ``GET /v1/tasks``, ``GET /v1/tasks/{task}``   tasks with their labels, fields, template, method, metrics
@@ -11,6 +11,9 @@ Routes (all JSON except /metrics; every route but /health needs ``Authorization:
   started with ``--admin`` (``create_app(..., allow_admin=True)``), since they make the server read any path it can
   (403 otherwise); with an API key set they need it, as every route does
 - ``GET /metrics``                       Prometheus text: requests, inputs, batch sizes, latency, tokens reused
+- ``GET /``                              the playground: a page with a card per task (type a text, see the label and its
+  probabilities, or the generated text), which calls the routes above from the browser; its page, script and style
+  (``/playground/app.js``, ``/playground/style.css``) need no key, the routes they call do
 
 Errors are ``{"detail": what, "where": ..., "fix": ...}`` with 400 (malformed JSON, bad artifact path),
 401 (key), 403 (admin routes when off), 404 (unknown task or route), 405 (method), 409 (artifact for another backbone,
@@ -36,11 +39,27 @@ from .schemas import (AddTaskRequest, ErrorBody, GenerateRequest, GenerateRespon
 try:
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise PromptTuneError("the HTTP server needs FastAPI and uvicorn", where="prompttune serve",
                           fix="pip install 'prompttune[serve]' (fastapi, uvicorn)") from e
+
+# The playground's files (package data in serve/playground/), served by a fixed name -> type table: no path from a URL
+# reaches the file system. Its page loads only these (CSP), so a string a task returns can never become script.
+PLAYGROUND = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
+PLAYGROUND_HEADERS = {"Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+                                                 "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+                      "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+PUBLIC_PATHS = frozenset({"/health", "/", *(f"/playground/{name}" for name in PLAYGROUND)})
+
+
+def playground_file(name: str) -> str:
+    """The text of a playground file shipped with the package (``index.html`` or a name of PLAYGROUND)."""
+    from importlib.resources import files
+
+    return files("prompttune.serve").joinpath("playground", name).read_text(encoding="utf-8")
+
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -167,7 +186,7 @@ class Guard:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
-        if self.api_key is not None and scope.get("path") != "/health":
+        if self.api_key is not None and scope.get("path") not in PUBLIC_PATHS:
             scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.api_key):
                 self.metrics.request(scope["method"], "(unauthorised)", 401)
@@ -362,6 +381,16 @@ def create_app(engine: ServeEngine, *, api_key: str | None = None, max_body_byte
         _check_texts(items, "inputs" if body.inputs is not None else "input", listed=body.inputs is not None)
         raw = await run(task, items, "/v1/tasks/{task}/generate", operation="generate", **body.options())
         return GenerateResponse(task=task, outputs=[Generated(**t.format_result("generate", r)) for r in raw])
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def playground() -> HTMLResponse:
+        return HTMLResponse(playground_file("index.html"), headers=PLAYGROUND_HEADERS)
+
+    @api.get("/playground/{name}", include_in_schema=False)
+    def playground_asset(name: str) -> Response:
+        if name not in PLAYGROUND:
+            raise StarletteHTTPException(404)
+        return Response(playground_file(name), media_type=PLAYGROUND[name], headers=PLAYGROUND_HEADERS)
 
     @api.get("/metrics", response_class=PlainTextResponse, tags=["service"])
     def prometheus() -> PlainTextResponse:
