@@ -10,7 +10,6 @@ import sys
 import pytest
 
 from conftest import run_cli, toy_rows
-from prompttune.cli import main
 
 
 run = run_cli

@@ -175,6 +175,12 @@ def test_a_config_with_a_parquet_train_file_trains(tmp_path, monkeypatch, capsys
                              "--column", "text=review", "--json")
     assert code == 0, err
     assert json.loads(out)["n"] == 40
+    datasets.Dataset.from_list([{"text": "the film was good"}, {"text": "bad plot"}]).to_parquet(str(tmp_path / "in.parquet"))
+    code, out, err = run_cli(monkeypatch, capsys, "predict", tmp_path / "out", "--input", tmp_path / "in.parquet", "--json")
+    assert code == 0, err
+    answers = [json.loads(line) for line in out.splitlines()]
+    assert [a["input"]["text"] for a in answers] == ["the film was good", "bad plot"]
+    assert all(a["label"] in VERB and abs(sum(a["probabilities"].values()) - 1) < 1e-4 for a in answers)
 
 
 def test_the_python_api_takes_datasets_and_dataset_dicts():

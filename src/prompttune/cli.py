@@ -90,7 +90,9 @@ def train(config: Optional[Path] = typer.Argument(None, help="YAML config (see e
 
 @app.command("eval")
 def eval_(directory: Path = typer.Argument(..., help="artifact directory written by `prompttune train`"),
-          data: str = typer.Option(..., "--data", help="labelled file (.csv/.tsv/.jsonl) or built-in corpus (its test split)"),
+          data: str = typer.Option(..., "--data", help="labelled data: a file (.csv/.tsv/.jsonl/.json/.parquet/.arrow), a "
+                                   "save_to_disk directory, a Hub dataset hf:OWNER/NAME[:CONFIG][@SPLIT], or a built-in "
+                                   "corpus (test split by default)"),
           column: List[str] = typer.Option([], "--column", help="map a template field to a column: FIELD=COLUMN (repeatable)"),
           label_column: str = typer.Option("label", "--label-column", help="label column of the data"),
           limit: Optional[int] = typer.Option(None, "--limit", help="evaluate the first N examples only (N >= 1)"),
@@ -125,7 +127,8 @@ def eval_(directory: Path = typer.Argument(..., help="artifact directory written
 def predict(directory: Path = typer.Argument(..., help="artifact directory; further artifact directories after it form an "
                                                     "ensemble (class probabilities averaged)"),
             text: List[str] = typer.Argument(None, help="texts to classify (fill the template's one field)"),
-            input_: Optional[Path] = typer.Option(None, "--input", help="JSONL file, one object with the template's fields per line"),
+            input_: Optional[str] = typer.Option(None, "--input", help="rows with the template's fields: a JSONL / CSV / TSV / "
+                                                 "Parquet / Arrow file, a save_to_disk directory or hf:OWNER/NAME[@SPLIT]"),
             json_out: bool = typer.Option(False, "--json", help="print one JSON object per input"),
             max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="generation: most tokens per output (default: the artifact's)"),
             num_beams: Optional[int] = typer.Option(None, "--num-beams", help="generation: beam search width"),
@@ -133,13 +136,13 @@ def predict(directory: Path = typer.Argument(..., help="artifact directory; furt
             stop: List[str] = typer.Option([], "--stop", help="generation: stop string (repeatable)")) -> None:
     """Predict labels with per-class probabilities, or print generated text for a generation artifact."""
     from .artifact import load
-    from .data import read_file
+    from .data import load_rows
 
     _at_least(max_new_tokens, 1, "--max-new-tokens")
     _at_least(num_beams, 1, "--num-beams")
     inputs: list = list(text or [])
     if input_:
-        inputs += read_file(input_, require_label=False)
+        inputs += load_rows(input_, split="test", require_label=False)
     from .ensemble import Ensemble, is_artifact
 
     members = [directory] + [Path(t) for t in _leading(text or [], is_artifact)]
@@ -189,6 +192,19 @@ def export_peft_(directory: Path = typer.Argument(..., help="soft-prompt or pref
 
     out = export_peft(load(directory), output)
     _out(f"PEFT adapter written to {out} (load it with peft.PeftModel.from_pretrained(model, {str(out)!r}))")
+
+
+@app.command("push")
+def push_(directory: Path = typer.Argument(..., help="artifact directory (a training run's output directory)"),
+          repo_id: str = typer.Argument(..., help="Hub model repository: user/name, or name in your namespace (created if missing)"),
+          private: bool = typer.Option(False, "--private", help="create the repository as private"),
+          message: Optional[str] = typer.Option(None, "--message", "-m", help="commit message")) -> None:
+    """Upload an artifact to the Hugging Face Hub: prompt.json, prompt.safetensors, backbone/ and the model card (whose
+    load commands then name the repository); the run's other files stay local. Needs a token (`hf auth login` or HF_TOKEN)."""
+    from .hub import upload_artifact
+
+    url = upload_artifact(directory, repo_id, private=True if private else None, commit_message=message)
+    _out(f"uploaded to {url} (load it anywhere with prompttune.load({repo_id!r}) or `prompttune predict {repo_id}`)")
 
 
 @app.command("import-peft")
@@ -291,7 +307,8 @@ def serve(directories: List[Path] = typer.Argument(..., help="artifact directori
           host: str = typer.Option("127.0.0.1", "--host", help="address to bind (default: this machine only)"),
           port: int = typer.Option(8000, "--port", help="TCP port"),
           api_key: Optional[str] = typer.Option(None, "--api-key", envvar="PROMPTTUNE_API_KEY",
-                                                help="require 'Authorization: Bearer KEY' on every route but /health"),
+                                                help="require 'Authorization: Bearer KEY' on every route but /health and the "
+                                                     "playground page (which asks for the key)"),
           max_batch: int = typer.Option(32, "--max-batch", help="most inputs in one forward pass"),
           max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="longest wait for a batch to fill (ms)"),
           max_queue: int = typer.Option(1024, "--max-queue", help="inputs waiting at most; beyond it requests get 503 + Retry-After"),
@@ -324,7 +341,8 @@ def serve(directories: List[Path] = typer.Argument(..., help="artifact directori
         what = f"labels {d['labels']}, cached prompt prefix {d.get('cached_prefix_tokens', 0)} tokens" if "labels" in d \
             else f"generates {d.get('target')!r} from {d.get('fields')}"
         _say(f"task {name}: {t.kind}, {what}")
-    _say(f"serving {len(engine.tasks)} task(s) on {engine.backbone.name} at http://{host}:{port} (docs at /docs)")
+    _say(f"serving {len(engine.tasks)} task(s) on {engine.backbone.name} at http://{host}:{port} "
+         f"(playground: http://{host}:{port}/, API docs at /docs)")
     if admin:
         _say("admin routes on: POST /v1/tasks and DELETE /v1/tasks/{task} load / unload artifacts from any path this server can read"
              + ("" if api_key else "; no --api-key is set, so any client that reaches the port can use them"))
