@@ -179,7 +179,10 @@ def test_sharded_full_finetuning_with_accumulation_and_clipping_matches_one_proc
     assert _max_diff(tmp_path / "one" / "backbone" / "model.safetensors", tmp_path / "two" / "backbone" / "model.safetensors") < 1e-5
     h1, h2 = one["training"]["history"], two["training"]["history"]
     assert [h["step"] for h in h1] == [h["step"] for h in h2] and all(abs(x["loss"] - y["loss"]) < 1e-5 for x, y in zip(h1, h2))
-    assert h1[-1]["loss"] < h1[0]["loss"] - 0.5
+    # it trains: dev loss falls at every evaluation. Measured over data.seed 0-5 (dev rows never in the train sample):
+    # falls by 0.25-0.60 (seed 0, this test: 1.166 -> 0.917 -> 0.819)
+    losses = [h["loss"] for h in h1]
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < losses[0] - 0.15, losses
 
 
 @pytest.mark.skipif(ACCELERATE is None, reason="the accelerate command is not installed")
