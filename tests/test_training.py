@@ -193,3 +193,53 @@ def test_sentence_pair_template_trains_and_truncates_the_longer_field():
     loss0 = float(torch.nn.functional.nll_loss(pm.predict_log_probs(rows), y))
     pm.fit(rows, None, lr=0.05, max_steps=30, **FAST)
     assert float(torch.nn.functional.nll_loss(pm.predict_log_probs(rows), y)) < loss0
+
+
+# ---- budgets: epochs, the default that scales with the data, a bounded dev sample ---------------------------------
+@pytest.mark.parametrize("n_train, options, steps", [
+    (32, {}, 120),                        # few-shot: 30 epochs of 4 steps (the demo's budget, unchanged)
+    (4, {}, 60),                          # at least 60 steps
+    (400, {}, 400),                       # 30 epochs would be 1,500: capped at 400 ...
+    (8814, {}, 3 * 1102),                 # ... but never fewer than 3 epochs (1,102 steps each at batch 8)
+    (8814, {"epochs": 1}, 1102),
+    (8814, {"epochs": 0.5}, 551),
+    (100, {"epochs": 2, "grad_accum": 2}, 14),   # 16 rows per step: 7 steps an epoch
+    (8814, {"epochs": 2, "max_steps": 50}, 50),  # max_steps wins, as in transformers' Trainer
+])
+def test_the_step_budget_comes_from_max_steps_then_epochs_then_the_data_size(n_train, options, steps):
+    from prompttune.train import TrainConfig, schedule
+
+    assert schedule(TrainConfig(**options), n_train)[0] == steps
+
+
+def test_epochs_train_whole_passes_and_the_run_reports_throughput_and_the_full_dev_score(monkeypatch):
+    from prompttune.tasks.classification import ClassificationTask
+
+    bb = tiny_backbone("llama")
+    pm = PromptModel(bb, "{soft*4} {text} Sentiment: {mask}", {"negative": "bad", "positive": "good"}, "soft-prompt")
+    train, dev = toy_rows(40, seed=1), toy_rows(30, seed=2)
+    sizes = []
+    real = ClassificationTask.evaluate_dev
+    monkeypatch.setattr(ClassificationTask, "evaluate_dev", lambda self, rows, cfg: sizes.append(len(rows)) or real(self, rows, cfg))
+    res = pm.fit(train, dev, lr=0.05, epochs=2, batch_size=8, eval_every=5, dev_max_examples=12, progress=False)
+    assert res.steps == 10 and res.epochs == 2.0  # 2 passes of 5 steps
+    assert sizes == [12, 12, 12, 30]  # step 0, 5, 10 on the same 12-row sample; the kept state on all 30 at the end
+    assert res.dev_examples == 12 and set(res.final_dev) == {"accuracy", "macro_f1", "loss"}
+    from prompttune.tasks import task_of
+    from prompttune.train import TrainConfig
+
+    again = real(task_of(pm), dev, TrainConfig())  # the kept state, scored on the whole dev set
+    assert res.final_dev == pytest.approx({k: again[k] for k in res.final_dev})
+    assert res.examples_per_second > 0
+    whole = pm.fit(train, dev, lr=0.05, max_steps=2, batch_size=8, eval_every=5, dev_max_examples=None, progress=False)
+    assert whole.dev_examples == 30 and whole.final_dev is None and sizes[-2:] == [30, 30]
+
+
+def test_the_dev_sample_is_fixed_by_the_seed_and_keeps_the_rows_order():
+    from prompttune.train import TrainConfig, dev_sample
+
+    rows = [{"text": str(i), "label": "x"} for i in range(1000)]
+    a, b = dev_sample(rows, TrainConfig(seed=1)), dev_sample(rows, TrainConfig(seed=1))
+    assert a == b and len(a) == 512 and [int(r["text"]) for r in a] == sorted(int(r["text"]) for r in a)
+    assert dev_sample(rows, TrainConfig(seed=2)) != a
+    assert dev_sample(rows[:300], TrainConfig()) == rows[:300] and dev_sample(rows, TrainConfig(dev_max_examples=None)) == rows

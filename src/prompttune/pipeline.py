@@ -60,7 +60,10 @@ def _fit(model, cfg: RunConfig, train, dev, out: Path, *, progress: bool, log, m
             shutil.rmtree(Path(tc.checkpoint_dir), ignore_errors=True)
     for note in result.notes:
         log(f"note: {note}")
-    log(f"trained {result.steps} steps in {result.seconds:.1f}s; best dev {result.best_dev} at step {result.best_step}")
+    rate = f", {result.examples_per_second:.1f} examples/s" if result.examples_per_second else ""
+    epochs = f" ({result.epochs:g} epochs)" if result.epochs is not None else ""
+    log(f"trained {result.steps} steps{epochs} in {result.seconds:.1f}s{rate}; best dev {result.best_dev} at step {result.best_step}"
+        + (f"; on all {len(dev)} dev examples {result.final_dev}" if result.final_dev else ""))
     return result
 
 

@@ -11,7 +11,7 @@ from .artifact import is_output
 from .config import RunConfig
 from .files import check_output_directory
 from .tasks import task_type
-from .train import schedule
+from .train import dev_sample, schedule
 
 
 def plan_run(cfg: RunConfig) -> dict:
@@ -35,6 +35,7 @@ def plan_run(cfg: RunConfig) -> dict:
         "epochs": round(steps * cfg.train.batch_size * cfg.train.grad_accum / max(1, len(train)), 2) if model.method.trainable else 0,
         "steps_per_epoch": per_epoch,
         "eval_every": eval_every,
+        "dev_examples_per_evaluation": len(dev_sample(dev, cfg.train)) if dev else 0,
         "lr": cfg.train.lr or model.method.default_lr,
         "output": cfg.output,
         "warnings": warnings,
@@ -63,6 +64,7 @@ def plan_lines(plan: dict) -> list[str]:
     else:
         lines.append(f"target    {plan['target']}")
     lines.append(f"training  {plan['steps']} steps of {plan['batch_size']} (about {plan['epochs']} epochs, "
-                 f"{plan['steps_per_epoch']} steps each), dev every {plan['eval_every']} steps, lr {plan['lr']:g}")
+                 f"{plan['steps_per_epoch']} steps each), dev every {plan['eval_every']} steps "
+                 f"on {plan['dev_examples_per_evaluation']} rows, lr {plan['lr']:g}")
     lines += [f"warning   {w}" for w in plan["warnings"]]
     return lines

@@ -24,7 +24,10 @@ class TrainConfig(BaseModel):
     lr: float | None = Field(None, gt=0, description="learning rate (default: the method's, e.g. 3e-3 soft-prompt, 1e-5 prompt-finetune)")
     batch_size: int = Field(8, ge=1, description="examples per optimizer step per process (before accumulation)")
     grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
-    max_steps: int | None = Field(None, ge=1, description="optimizer steps (default: from the data size, see steps_for)")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps (default: from epochs, else from the data size: "
+                                                           "about 30 epochs within 60-400 steps, and at least 3 epochs)")
+    epochs: float | None = Field(None, gt=0, description="passes over the training data (max_steps, when set, wins, as in "
+                                                         "transformers' Trainer)")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="fraction of steps of linear warm-up")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
@@ -35,6 +38,9 @@ class TrainConfig(BaseModel):
                             "loss). Default loss: with 16 dev examples per class accuracy moves in steps of 3 points and picks noise")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed for initialisation, data order and dropout")
     eval_batch_size: int = Field(16, ge=1, description="batch size for evaluation")
+    dev_max_examples: int | None = Field(512, ge=1, description="dev evaluations during training score a fixed random sample "
+                                                               "of at most this many dev rows; the kept state is then scored "
+                                                               "on the whole dev set (null: the whole set every time)")
     checkpoint_dir: str | None = Field(None, description="where the resumable checkpoint is written (None = no checkpoint)")
     checkpoint_every: int | None = Field(None, ge=1, description="steps between checkpoints (default: eval_every)")
     resume: bool = Field(False, description="continue from the checkpoint in checkpoint_dir when there is one")

@@ -25,18 +25,40 @@ from .schemas import TrainConfig
 from .files import recover_directory, replace_directory
 
 
+MIN_EPOCHS = 3  # the default budget never stops a large training set short of this many passes
+
+
 def steps_for(n_train: int, batch_size: int) -> int:
-    """Default optimizer steps: about 30 epochs, at least 60 and at most 400 steps."""
+    """Default optimizer steps: about 30 epochs within 60-400 steps (few-shot sets), and never fewer than
+    ``MIN_EPOCHS`` epochs (a full training set: 8,814 rows at batch 8 train 3 epochs, 3,306 steps, not a third of one)."""
     per_epoch = max(1, math.ceil(n_train / batch_size))
-    return int(min(400, max(60, 30 * per_epoch)))
+    return int(max(min(400, max(60, 30 * per_epoch)), MIN_EPOCHS * per_epoch))
 
 
 def schedule(cfg: TrainConfig, n_train: int, world: int = 1) -> tuple[int, int, int]:
-    """(optimizer steps, steps per epoch, steps between dev evaluations) a run of ``n_train`` rows takes."""
+    """(optimizer steps, steps per epoch, steps between dev evaluations) a run of ``n_train`` rows takes:
+    ``max_steps`` if set, else ``epochs`` passes, else :func:`steps_for`."""
     per_step = cfg.batch_size * world * cfg.grad_accum
-    max_steps = cfg.max_steps or steps_for(n_train, per_step)
     steps_per_epoch = max(1, math.ceil(n_train / per_step))
+    if cfg.max_steps:
+        max_steps = cfg.max_steps
+    elif cfg.epochs:
+        max_steps = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    else:
+        max_steps = steps_for(n_train, per_step)
     return max_steps, steps_per_epoch, cfg.eval_every or max(10, steps_per_epoch)
+
+
+def dev_sample(dev_rows, cfg: TrainConfig):
+    """The dev rows scored during training: all of them, or a fixed random sample of ``cfg.dev_max_examples`` (drawn with
+    the run's seed, in their original order), so that an evaluation costs the same however large the dev set."""
+    n = len(dev_rows)
+    if not cfg.dev_max_examples or n <= cfg.dev_max_examples:
+        return dev_rows
+    import random
+
+    keep = sorted(random.Random(cfg.seed * 7_919 + n).sample(range(n), cfg.dev_max_examples))
+    return [dev_rows[i] for i in keep]
 
 
 @dataclass
@@ -47,6 +69,10 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     stopped_early: bool = False
+    epochs: float | None = None  # passes over the training data the optimizer steps made
+    examples_per_second: float | None = None  # training examples through forward + backward per second, dev scoring excluded
+    dev_examples: int | None = None  # dev rows scored at each evaluation (a sample of the dev set when it is large)
+    final_dev: dict | None = None  # the kept state on the whole dev set, when evaluations scored a sample of it
     # Set when accelerate handed the model to FSDP2 or DeepSpeed: the trained parameters' full float32 values by name
     # (on the main process). The model passed in stays sharded (or cast, under DeepSpeed bf16); load these into a
     # whole copy built the same way (``load_trained``) to save or evaluate it, as ``prompttune train`` does.
@@ -197,9 +223,14 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
 
     bar = tqdm(total=max_steps, initial=state["step"], desc=f"train {pm.method.name}", unit="step",
                disable=not (cfg.progress and main), dynamic_ncols=True)
+    scored = dev_sample(dev_rows, cfg) if dev_rows else dev_rows
+    timing = {"dev": 0.0}
+
     def check_dev():
         """Evaluate on dev; on a new best, return the trainable state (every process calls this: gathering is collective)."""
-        dev = task.evaluate_dev(dev_rows, cfg)
+        t = time.perf_counter()
+        dev = task.evaluate_dev(scored, cfg)
+        timing["dev"] += time.perf_counter() - t
         score = dev_score(dev, cfg.metric)
         state["history"].append({"step": state["step"], **{k: dev[k] for k in task.dev_metrics}})
         if cfg.log_with:
@@ -211,7 +242,8 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
         state["bad_evals"] += 1
         return None
 
-    start = time.perf_counter()
+    start, start_step = time.perf_counter(), state["step"]
+    per_step = cfg.batch_size * world * cfg.grad_accum  # training examples per optimizer step, over all processes
     if dev_rows and state["step"] == 0:  # the untrained prompt is a candidate too: training must beat it on dev
         best = check_dev()
     model.train()
@@ -236,7 +268,7 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
         lv = loss.item()
         running = lv if running is None else 0.9 * running + 0.1 * lv
         bar.update(1)
-        bar.set_postfix(loss=f"{running:.3f}", best=_fmt(state["best_score"]))
+        bar.set_postfix(epoch=f"{state['step'] / steps_per_epoch:.2f}", loss=f"{running:.3f}", best=_fmt(state["best_score"]))
         if cfg.log_with:
             accelerator.log({"train/loss": lv, "train/lr": scheduler.get_last_lr()[0]}, step=state["step"])
 
@@ -253,14 +285,24 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
         if cfg.stop_after and state["step"] >= cfg.stop_after:
             break
     bar.close()
+    seconds = time.perf_counter() - start
     accelerator.wait_for_everyone()
     if best is not None and not (cfg.stop_after and state["step"] < max_steps and not stopped_early):
         restore_state(pm, best)
     if cfg.log_with:
         accelerator.end_training()
     pm.eval()
+    final_dev = None
+    if dev_rows and len(scored) < len(dev_rows):
+        full = task.evaluate_dev(dev_rows, cfg)
+        final_dev = {k: full[k] for k in task.dev_metrics}
+    done = state["step"] - start_step
+    train_seconds = seconds - timing["dev"]
     return TrainResult(steps=state["step"], best_step=state["best_step"] if state["best_dev"] else state["step"], best_dev=state["best_dev"],
-                       history=state["history"], seconds=time.perf_counter() - start, stopped_early=stopped_early,
+                       history=state["history"], seconds=seconds, stopped_early=stopped_early,
+                       epochs=round(state["step"] * per_step / len(train_rows), 4),
+                       examples_per_second=done * per_step / train_seconds if done and train_seconds > 0 else None,
+                       dev_examples=len(scored) if dev_rows else None, final_dev=final_dev,
                        trained=trained_state(pm) if engine else None, notes=notes)
 
 
