@@ -137,7 +137,7 @@ def test_metrics_and_the_runs_data_are_in_the_card(tmp_path):
     assert "predictions" not in body  # only the artifact's metrics
     data = body.split("## Training data", 1)[1].split("## Evaluation", 1)[0]
     assert "built-in corpus `movie-reviews`" in data and "16 examples per label" in data
-    assert "Hub dataset `someone/reviews:en@validation`" in data
+    assert "Hub dataset `someone/reviews`, name `en`, split `validation`" in data
     assert "file `test-set.jsonl`" in data and "/home/alice" not in body  # a local path by its last part only
     assert "Sampling seed: 7" in data and "seed 3" in data and "learning rate 0.0100" in data and "at most 40 steps" in data
 

