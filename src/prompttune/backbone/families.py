@@ -5,17 +5,22 @@ become a teacher-forced batch and how ``generate`` is called. Nothing above this
 from __future__ import annotations
 
 import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-from ..errors import BackboneError
+from ..errors import BackboneError, TemplateError
 from ..schemas import FAMILIES
 from ..template import Rendered, fill_mask
 from .rows import GenBatch, Rows, mask_of, pack, pad, scored_rows
 
+
+
+CE_CHUNK = 1 << 24  # logits (16M floats, 64 MB) above which the token loss is computed in chunks of positions
 
 
 @dataclass
@@ -74,7 +79,12 @@ class Family:
         return kw
 
     # ---- classification ------------------------------------------------------------------------
-    def build(self, rendered: list[Rendered], words: list[list[int]], *, fast: bool, padding_side: str) -> Rows:
+    def build(self, rendered: list[Rendered], words: list[list[int]], *, fast: bool, padding_side: str,
+              shared_context: bool = True) -> Rows:
+        """Model rows for ``rendered`` examples and label ``words``. ``fast``: single-token words read at one
+        position. Otherwise one row per (example, word) is scored by likelihood; where ``shared_context`` and the
+        family can, the part every word of an example shares is run once (a server merging rows of several prompts
+        asks for one row per (example, word) instead)."""
         raise NotImplementedError
 
     def word_scores(self, inputs: dict, rows: Rows, past: PromptCache | None = None) -> torch.Tensor:
@@ -114,11 +124,30 @@ class Family:
         """Run the model on token ids (1, T) alone; used to find attention layers and to read their keys/values."""
         return self.model(input_ids=ids, attention_mask=torch.ones_like(ids))
 
-    def _scores_from_logits(self, logits: torch.Tensor, rows: Rows) -> torch.Tensor:
+    @contextmanager
+    def output_layer_at(self, index):
+        """While inside, the model's output layer (``get_output_embeddings``) computes only at ``hidden[index]``:
+        the logits a forward returns are those positions' only. A forward pre-hook, removed on exit; what the model
+        does after the layer (a bias such as BART's, soft-capping) applies unchanged."""
+        head = self.model.get_output_embeddings()
+        handle = head.register_forward_pre_hook(lambda module, args: (args[0][index], *args[1:]))
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def _read_index(self, rows: Rows, device) -> tuple:
+        """Where the output layer is needed: the read position of each row (fast) or its target positions."""
+        ar = torch.arange(rows.input_ids.shape[0] if rows.decoder_input_ids is None else rows.decoder_input_ids.shape[0], device=device)
         if rows.read_pos is not None:
-            at = logits[torch.arange(logits.shape[0], device=logits.device), rows.read_pos]
-            return at[:, rows.word_ids].float()
-        return self._general_scores(logits, rows)
+            return ar, rows.read_pos.to(device)
+        return ar[:, None], rows.target_pos.clamp_min(0).to(device)
+
+    def _scores_at(self, logits: torch.Tensor, rows: Rows) -> torch.Tensor:
+        """Scores from logits taken at :meth:`_read_index` (R, V) or (R, L, V)."""
+        if rows.read_pos is not None:
+            return logits[:, rows.word_ids].float()
+        return self._general_scores(logits, rows, gathered=True)
 
     def _general_scores(self, logits: torch.Tensor, rows: Rows, *, gathered: bool = False) -> torch.Tensor:
         """Sum of target-token log-probs per row, reshaped to (n_examples, W). ``logits`` is (R, T, V), or
@@ -146,7 +175,7 @@ class CausalLM(Family):
     def reserve(self, words):
         return max(len(w) for w in words) - 1
 
-    def build(self, rendered, words, *, fast, padding_side):
+    def build(self, rendered, words, *, fast, padding_side, shared_context=True):
         if fast:
             ids = [r.ids[: r.mask] for r in rendered]
             soft = [r.soft[: r.mask] for r in rendered]
@@ -154,6 +183,12 @@ class CausalLM(Family):
             read = offset + torch.tensor([len(s) for s in ids]) - 1
             return Rows(input_ids, soft_index, attention, len(rendered), read_pos=read,
                         word_ids=torch.tensor([w[0] for w in words]))
+        if any(r.mask == 0 for r in rendered):
+            raise TemplateError("the template starts with {mask} and this tokenizer adds no start token, so a causal LM has "
+                                "nothing to predict the label word from", where="prompt.template",
+                                fix="write something before {mask} (e.g. 'Answer: {mask} ...'), or a soft prompt {soft*8} in front of it")
+        if shared_context:
+            return self._shared_rows(rendered, words)
         ids, soft, tpos, tids = [], [], [], []
         for r in rendered:
             for w in words:
@@ -164,18 +199,99 @@ class CausalLM(Family):
                 tpos.append(list(range(p - 1, len(i) - 1)))
         return scored_rows(ids, soft, tpos, tids, len(rendered), self.pad_id, padding_side)
 
+    def _shared_rows(self, rendered, words) -> Rows:
+        """Each example's context (everything before the mask) once, then per word a continuation: the word after its
+        first token and the template's tail. The words' first tokens are read at the context's last position."""
+        ctx = [r.ids[: r.mask] for r in rendered]
+        ctx_soft = [r.soft[: r.mask] for r in rendered]
+        cont, cont_soft, tids = [], [], []
+        for r in rendered:
+            for w in words:
+                i, s, p = fill_mask(r, w)
+                cont.append(i[p:-1])  # what the model reads after the context ...
+                cont_soft.append(s[p:-1])
+                tids.append(i[p + 1:])  # ... to predict the rest of the word and the tail
+        width = max((len(c) for c in cont), default=0)
+        T = max(max((len(c) for c in ctx), default=0), width, 1)
+        input_ids = torch.cat([pad(ctx, self.pad_id, "left", T), pad(cont, self.pad_id, "right", T)])
+        soft_index = torch.cat([pad(ctx_soft, -1, "left", T), pad(cont_soft, -1, "right", T)])
+        attention = torch.cat([pad([[1] * len(c) for c in ctx], 0, "left", T), pad([[1] * len(c) for c in cont], 0, "right", T)])
+        return Rows(input_ids, soft_index, attention, len(rendered), word_ids=torch.tensor([w[0] for w in words]),
+                    target_ids=pad(tids, -100, "right", max((len(t) for t in tids), default=0) or 1), continuation_width=width)
+
     def word_scores(self, inputs, rows, past=None):
+        if rows.continuation_width is not None:
+            return self._shared_scores(inputs, rows)
         kw = dict(inputs, use_cache=False) if past is None else self._after(inputs, past)
         hidden = self.model.base_model(**kw).last_hidden_state
         at = torch.arange(hidden.shape[0], device=hidden.device)
         if rows.read_pos is not None:
-            # Read only the label words' rows of the output layer at one position per example:
-            # the softmax normaliser is shared by all words of a row and cancels between classes.
-            head = self.model.get_output_embeddings()
-            bias = getattr(head, "bias", None)
-            logits = F.linear(hidden[at, rows.read_pos], head.weight[rows.word_ids], None if bias is None else bias[rows.word_ids])
-            return self._postprocess(logits.float())
+            return self.label_rows(hidden[at, rows.read_pos], rows.word_ids)
         return self._general_scores(self.logits(hidden[at[:, None], rows.target_pos.clamp_min(0)]), rows, gathered=True)
+
+    def label_rows(self, hidden: torch.Tensor, word_ids: torch.Tensor) -> torch.Tensor:
+        """Only the label words' rows of the output layer, at the given hidden states (..., H) -> (..., W): the softmax
+        normaliser at a position is shared by every word read there, so it cancels between classes."""
+        head = self.model.get_output_embeddings()
+        bias = getattr(head, "bias", None)
+        return self._postprocess(F.linear(hidden, head.weight[word_ids], None if bias is None else bias[word_ids]).float())
+
+    def _shared_scores(self, inputs: dict, rows: Rows) -> torch.Tensor:
+        """Scores of the shared-context rows: the context runs once per example (its keys/values then serve every
+        word's continuation), the first word tokens through their output rows only, the rest by log-likelihood.
+        Scores are log-likelihoods up to one constant per example (the first position's normaliser). Where the model
+        keeps no cache (gradient checkpointing while training), each context is repeated in front of its continuations
+        instead: the same numbers at the cost of the one-row-per-word layout."""
+        n, W, cw = rows.n_examples, rows.word_ids.shape[0], rows.continuation_width
+        emb, att = inputs["inputs_embeds"], inputs["attention_mask"]
+        pos = inputs.get("position_ids")
+        ctx = dict(inputs_embeds=emb[:n], attention_mask=att[:n])
+        if pos is not None:
+            ctx["position_ids"] = pos[:n]
+        start = (pos[:n, -1] + 1) if pos is not None else att[:n].sum(-1)  # where a continuation's positions begin
+        cache = None
+        if cw:
+            out = self.model.base_model(**ctx, use_cache=True)
+            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+            if cache is not None and cache.get_seq_length() != emb.shape[1]:
+                cache = None  # the layers dropped it (gradient checkpointing while training leaves the cache empty)
+        if cw and cache is None:
+            return self._repeated_context_scores(emb, att, start, rows)
+        if not cw:
+            out = self.model.base_model(**ctx, use_cache=False)
+        scores = self.label_rows(out.last_hidden_state[:, -1], rows.word_ids)  # (n, W)
+        if not cw:
+            return scores
+        cache.batch_repeat_interleave(W)
+        cont_att = att[n:, :cw]
+        kw = dict(inputs_embeds=emb[n:, :cw], attention_mask=torch.cat([att[:n].repeat_interleave(W, 0), cont_att], 1), use_cache=True)
+        kw[_cache_kwarg(self.model.base_model)] = cache
+        if self.takes_position_ids:
+            kw["position_ids"] = start.repeat_interleave(W)[:, None] + (cont_att.cumsum(-1) - 1).clamp_min(0)
+        hidden = self.model.base_model(**kw).last_hidden_state
+        return scores + self._continuation_log_probs(hidden, rows).view(n, W)
+
+    def _repeated_context_scores(self, emb, att, start, rows: Rows) -> torch.Tensor:
+        n, W, cw = rows.n_examples, rows.word_ids.shape[0], rows.continuation_width
+        T = emb.shape[1]
+        full_att = torch.cat([att[:n].repeat_interleave(W, 0), att[n:, :cw]], 1)
+        kw = dict(inputs_embeds=torch.cat([emb[:n].repeat_interleave(W, 0), emb[n:, :cw]], 1), attention_mask=full_att, use_cache=False)
+        if self.takes_position_ids:
+            first = (start - att[:n].sum(-1)).repeat_interleave(W)  # the context's first position (a prefix shifts it)
+            kw["position_ids"] = first[:, None] + (full_att.cumsum(-1) - 1).clamp_min(0)
+        hidden = self.model.base_model(**kw).last_hidden_state
+        first_tokens = self.label_rows(hidden[:, T - 1], rows.word_ids).view(n, W, W).diagonal(dim1=1, dim2=2)
+        return first_tokens + self._continuation_log_probs(hidden[:, T:], rows).view(n, W)
+
+    def _continuation_log_probs(self, hidden: torch.Tensor, rows: Rows) -> torch.Tensor:
+        """(n * W,) summed log-probs of ``rows.target_ids`` predicted at the continuation positions of ``hidden``."""
+        tgt = rows.target_ids.to(hidden.device)
+        sel = tgt >= 0  # the output layer only where a target token is predicted
+        sel = sel[:, : hidden.shape[1]]
+        lp = self.logits(hidden[:, : sel.shape[1]][sel]).float().log_softmax(-1)
+        picked = lp.gather(-1, tgt[:, : sel.shape[1]][sel][:, None]).squeeze(-1)
+        row = torch.arange(tgt.shape[0], device=hidden.device)[:, None].expand_as(sel)[sel]
+        return torch.zeros(tgt.shape[0], dtype=picked.dtype, device=hidden.device).index_add(0, row, picked)
 
     def _after(self, inputs: dict, past: PromptCache) -> dict:
         """``inputs`` continuing each row's cached prefix: its keys/values as the past, its positions after it."""
@@ -227,7 +343,26 @@ class CausalLM(Family):
         hidden = self.model.base_model(**inputs, use_cache=False).last_hidden_state
         labels = batch.labels[:, 1:]
         sel = labels != -100
-        return F.cross_entropy(self.logits(hidden[:, :-1][sel]).float(), labels[sel], reduction="sum"), int(sel.sum())
+        return self.cross_entropy(hidden[:, :-1][sel], labels[sel]), int(sel.sum())
+
+    def cross_entropy(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy of the output layer at ``hidden`` (N, H) against ``labels`` (N,). Where N x vocabulary
+        would pass ``CE_CHUNK`` logits, in chunks of positions whose logits are recomputed in backward instead of
+        kept (a 262k-row vocabulary times every target position would otherwise dominate a step's memory)."""
+        V = self.model.get_output_embeddings().weight.shape[0]
+        step = max(1, CE_CHUNK // max(V, 1))
+
+        def part(h, y):
+            return F.cross_entropy(self.logits(h).float(), y, reduction="sum")
+
+        if hidden.shape[0] <= step:
+            return part(hidden, labels)
+        grad = torch.is_grad_enabled() and hidden.requires_grad
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for i in range(0, hidden.shape[0], step):
+            h, y = hidden[i:i + step], labels[i:i + step]
+            total = total + (checkpoint(part, h, y, use_reentrant=False) if grad else part(h, y))
+        return total
 
     def generate_kwargs(self):
         return {"bos_token_id": self.tokenizer.bos_token_id}
@@ -252,7 +387,7 @@ class MaskedLM(Family):
         # WordPiece ignores it; for RoBERTa-style BPE the space marks a word start, as in prose.
         return True
 
-    def build(self, rendered, words, *, fast, padding_side):
+    def build(self, rendered, words, *, fast, padding_side, shared_context=True):
         if fast:
             input_ids, soft_index, attention, offset = pack([r.ids for r in rendered], [r.soft for r in rendered], self.pad_id, padding_side)
             read = offset + torch.tensor([r.mask for r in rendered])
@@ -269,7 +404,9 @@ class MaskedLM(Family):
         return scored_rows(ids, soft, tpos, tids, len(rendered), self.pad_id, padding_side)
 
     def word_scores(self, inputs, rows, past=None):
-        return self._scores_from_logits(self.model(**inputs).logits, rows)
+        # the MLM head's transform runs at every position (hidden x hidden); its vocabulary-sized layer only at the masks
+        with self.output_layer_at(self._read_index(rows, inputs["inputs_embeds"].device)):
+            return self._scores_at(self.model(**inputs).logits, rows)
 
 
 class Seq2Seq(Family):
@@ -301,7 +438,7 @@ class Seq2Seq(Family):
     def probe(self, ids):
         return self.model(input_ids=ids, attention_mask=torch.ones_like(ids), decoder_input_ids=ids)
 
-    def build(self, rendered, words, *, fast, padding_side):
+    def build(self, rendered, words, *, fast, padding_side, shared_context=True):
         prefix = [self.start_id] + ([self.sentinel] if self.sentinel is not None else [])
         if fast:
             input_ids, soft_index, attention, _ = pack([r.ids for r in rendered], [r.soft for r in rendered], self.pad_id, padding_side)
@@ -323,9 +460,10 @@ class Seq2Seq(Family):
                     target_ids=pad(tids, -100, "right"), decoder_input_ids=dec_t, decoder_attention_mask=dec_att)
 
     def word_scores(self, inputs, rows, past=None):
-        logits = self.model(**inputs, decoder_input_ids=rows.decoder_input_ids, decoder_attention_mask=rows.decoder_attention_mask,
-                            use_cache=False).logits
-        return self._scores_from_logits(logits, rows)
+        with self.output_layer_at(self._read_index(rows, inputs["inputs_embeds"].device)):
+            logits = self.model(**inputs, decoder_input_ids=rows.decoder_input_ids, decoder_attention_mask=rows.decoder_attention_mask,
+                                use_cache=False).logits
+        return self._scores_at(logits, rows)
 
     # ---- generation: the source to the encoder; the decoder reads [start][target], predicts [target][eos] ----
     def target_batch(self, rendered, targets):
@@ -337,10 +475,11 @@ class Seq2Seq(Family):
                         n_targets=int((labels != -100).sum()))
 
     def token_loss(self, inputs, batch):
-        logits = self.model(**inputs, decoder_input_ids=batch.decoder_input_ids, decoder_attention_mask=batch.decoder_attention_mask,
-                            use_cache=False).logits
         sel = batch.labels != -100
-        return F.cross_entropy(logits[sel].float(), batch.labels[sel], reduction="sum"), int(sel.sum())
+        with self.output_layer_at(sel):  # the vocabulary only at target positions, not at the decoder's padding
+            logits = self.model(**inputs, decoder_input_ids=batch.decoder_input_ids, decoder_attention_mask=batch.decoder_attention_mask,
+                                use_cache=False).logits
+        return F.cross_entropy(logits.float(), batch.labels[sel], reduction="sum"), int(sel.sum())
 
     def generate_kwargs(self):
         return {"decoder_start_token_id": self.start_id}
@@ -363,7 +502,7 @@ class EncoderHead(Family):
     def reserve(self, words):
         return 0
 
-    def build(self, rendered, words, *, fast, padding_side):
+    def build(self, rendered, words, *, fast, padding_side, shared_context=True):
         input_ids, soft_index, attention, _ = pack([r.ids for r in rendered], [r.soft for r in rendered], self.pad_id, self.side)
         return Rows(input_ids, soft_index, attention, len(rendered))
 

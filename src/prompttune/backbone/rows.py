@@ -31,10 +31,16 @@ class Rows(TensorBatch):
     target_ids: torch.Tensor | None = None  # (R, L), -100 = padding
     decoder_input_ids: torch.Tensor | None = None  # (R, Td) seq2seq only
     decoder_attention_mask: torch.Tensor | None = None
+    # shared-context path (causal): rows[:n_examples] are each example's context up to the mask (left-padded), run
+    # once; rows[n_examples:] (one per example and word, right-padded, ``continuation_width`` wide) continue it with the
+    # word and the template's tail. ``word_ids`` are then the words' first tokens, read at the context's last position;
+    # ``target_ids`` (n_examples * W, L) the tokens after them, predicted by the continuation rows.
+    continuation_width: int | None = None
 
 
-def pad(seqs: Sequence[Sequence[int]], value: int, side: str) -> torch.Tensor:
-    T = max((len(s) for s in seqs), default=0)
+def pad(seqs: Sequence[Sequence[int]], value: int, side: str, width: int | None = None) -> torch.Tensor:
+    """(len(seqs), T) with each sequence on ``side``; T is the longest (at least 1) or ``width``."""
+    T = max((len(s) for s in seqs), default=0) if width is None else width
     out = torch.full((len(seqs), max(T, 1)), value, dtype=torch.long)
     for i, s in enumerate(seqs):
         if not s:

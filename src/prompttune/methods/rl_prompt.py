@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -167,14 +168,10 @@ class RLPrompt(Method):
     def rewards(self, pm, rows, actions: torch.Tensor) -> torch.Tensor:
         """Reward of each sampled prompt (actions: (S, slots) candidate indices) on ``rows``, in one batched forward."""
         S, n = actions.shape
-        batch = pm.collate(rows)
-        rep = {}
-        for k, v in vars(batch).items():
-            if isinstance(v, torch.Tensor) and k != "word_ids":
-                rep[k] = torch.cat([v] * S)
-        offsets = (torch.arange(S) * n).repeat_interleave(batch.input_ids.shape[0])[:, None]
-        rep["soft_index"] = torch.where(rep["soft_index"] >= 0, rep["soft_index"] + offsets, rep["soft_index"])
-        big = type(batch)(**{**vars(batch), **rep, "n_examples": batch.n_examples * S})
+        # S copies of every example, copy s reading sampled prompt s (soft rows s*n ...); the family lays out the rows
+        rendered = [pm.render(r) for r in rows]
+        copies = [replace(r, soft=[i + s * n if i >= 0 else i for i in r.soft]) for s in range(S) for r in rendered]
+        big = pm.backbone.family.build(copies, pm.word_ids, fast=pm.fast, padding_side=pm.padding_side)
         self._sampled = self.candidates[actions].reshape(-1)
         was_training = pm.training
         pm.eval()  # no dropout: the reward is the model's prediction

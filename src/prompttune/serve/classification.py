@@ -187,7 +187,7 @@ class ServedClassification(ServedTask):
             rendered = [jobs[i].payload for i in idx]
             plen = [t.prefix_len(r) for r in rendered] if use_cache else [0] * len(rendered)
             cut = [Rendered(r.ids[p:], r.soft[p:], r.mask - p if r.mask is not None else None) for r, p in zip(rendered, plen)]
-            rows = fam.build(cut, t.word_tokens, fast=fast, padding_side="right")
+            rows = fam.build(cut, t.word_tokens, fast=fast, padding_side="right", shared_context=False)  # rows merge across tasks
             reps = rows.input_ids.shape[0] // len(rendered)  # likelihood rows: one per (example, word)
             prefix += [p for p in plen for _ in range(reps)]
             row_task += [t] * rows.input_ids.shape[0]
