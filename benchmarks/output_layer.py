@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from timing import alternate, medians
 
 SETTINGS = {
     # the seed's Chinese instruction; 负面 is two Gemma tokens, 正面 one
@@ -80,8 +79,10 @@ def main() -> None:
 
     def full_logits():
         inputs = multi.method.model_inputs(bb, per_word_rows)
-        logits = bb.model(**inputs, use_cache=False).logits
-        return fam._general_scores(logits, per_word_rows)
+        logp = bb.model(**inputs, use_cache=False).logits.float().log_softmax(-1)
+        tgt = per_word_rows.target_ids
+        at = logp[torch.arange(logp.shape[0])[:, None], per_word_rows.target_pos.clamp_min(0)]
+        return at.gather(-1, tgt.clamp_min(0)[..., None]).squeeze(-1).masked_fill(tgt < 0, 0.0).sum(-1)
 
     # equal answers first (the class probabilities of the shared and per-word layouts)
     with torch.no_grad():
@@ -133,17 +134,8 @@ def main() -> None:
     generation = {"floor": gen_floor, "target-only": gen_ours, "full-logits": gen_full}
 
     def timed(contenders, grad):
-        times = {k: [] for k in contenders}
-        ctxm = torch.enable_grad if grad else torch.no_grad
-        with ctxm():
-            for fn in contenders.values():
-                fn()  # warm-up
-            for _ in range(args.repeats):
-                for k, fn in contenders.items():
-                    t = time.perf_counter()
-                    fn()
-                    times[k].append(time.perf_counter() - t)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        with (torch.enable_grad if grad else torch.no_grad)():
+            med = medians(alternate(contenders, args.repeats))
         return {"median_seconds": med, "over_floor": {k: v / med["floor"] for k, v in med.items()}}
 
     res = {"model": args.model, "data": name, "template": template, "words_multi": multi.word_ids, "words_single": single.word_ids,

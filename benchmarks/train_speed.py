@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from timing import alternate, medians
 
 
 def main() -> None:
@@ -128,7 +127,6 @@ def main() -> None:
     if args.only:
         contenders = {k: v for k, v in contenders.items() if k in args.only or k == "floor"}
     cuda = args.device.startswith("cuda")
-    times: dict[str, list[float]] = {k: [] for k in contenders}
     peak: dict[str, int] = {}
     for name, fn in contenders.items():  # warm-up (and peak memory)
         if cuda:
@@ -138,16 +136,7 @@ def main() -> None:
         if cuda:
             torch.cuda.synchronize()
             peak[name] = torch.cuda.max_memory_allocated()
-    for _ in range(args.repeats):
-        for name, fn in contenders.items():
-            if cuda:
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            fn()
-            if cuda:
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = medians(alternate(contenders, args.repeats, warm_up=False, sync=torch.cuda.synchronize if cuda else None))
     res = {"device": torch.cuda.get_device_name() if cuda else "cpu", "dtype": args.dtype, "random_weights": args.random_weights,
            "batch": list(full_ids.shape), "tokens": args.tokens, "repeats": args.repeats, "median_seconds": med,
            "over_floor": {k: v / med["floor"] for k, v in med.items()},

@@ -138,7 +138,7 @@ class Family:
 
     def _read_index(self, rows: Rows, device) -> tuple:
         """Where the output layer is needed: the read position of each row (fast) or its target positions."""
-        ar = torch.arange(rows.input_ids.shape[0] if rows.decoder_input_ids is None else rows.decoder_input_ids.shape[0], device=device)
+        ar = torch.arange(rows.input_ids.shape[0], device=device)
         if rows.read_pos is not None:
             return ar, rows.read_pos.to(device)
         return ar[:, None], rows.target_pos.clamp_min(0).to(device)
@@ -147,14 +147,12 @@ class Family:
         """Scores from logits taken at :meth:`_read_index` (R, V) or (R, L, V)."""
         if rows.read_pos is not None:
             return logits[:, rows.word_ids].float()
-        return self._general_scores(logits, rows, gathered=True)
+        return self._general_scores(logits, rows)
 
-    def _general_scores(self, logits: torch.Tensor, rows: Rows, *, gathered: bool = False) -> torch.Tensor:
-        """Sum of target-token log-probs per row, reshaped to (n_examples, W). ``logits`` is (R, T, V), or
-        (R, L, V) already taken at the target positions when ``gathered``."""
+    def _general_scores(self, logits: torch.Tensor, rows: Rows) -> torch.Tensor:
+        """Sum of target-token log-probs per row, reshaped to (n_examples, W); ``logits`` (R, L, V) are taken at the
+        rows' target positions."""
         tgt = rows.target_ids
-        if not gathered:
-            logits = logits[torch.arange(logits.shape[0], device=logits.device)[:, None], rows.target_pos.clamp_min(0)]
         logp = logits.float().log_softmax(-1)
         lp = logp.gather(-1, tgt.clamp_min(0)[..., None]).squeeze(-1).masked_fill(tgt < 0, 0.0)
         return lp.sum(-1).view(rows.n_examples, -1)
@@ -217,7 +215,7 @@ class CausalLM(Family):
         soft_index = torch.cat([pad(ctx_soft, -1, "left", T), pad(cont_soft, -1, "right", T)])
         attention = torch.cat([pad([[1] * len(c) for c in ctx], 0, "left", T), pad([[1] * len(c) for c in cont], 0, "right", T)])
         return Rows(input_ids, soft_index, attention, len(rendered), word_ids=torch.tensor([w[0] for w in words]),
-                    target_ids=pad(tids, -100, "right", max((len(t) for t in tids), default=0) or 1), continuation_width=width)
+                    target_ids=pad(tids, -100, "right"), continuation_width=width)
 
     def word_scores(self, inputs, rows, past=None):
         if rows.continuation_width is not None:
@@ -227,7 +225,7 @@ class CausalLM(Family):
         at = torch.arange(hidden.shape[0], device=hidden.device)
         if rows.read_pos is not None:
             return self.label_rows(hidden[at, rows.read_pos], rows.word_ids)
-        return self._general_scores(self.logits(hidden[at[:, None], rows.target_pos.clamp_min(0)]), rows, gathered=True)
+        return self._general_scores(self.logits(hidden[at[:, None], rows.target_pos.clamp_min(0)]), rows)
 
     def label_rows(self, hidden: torch.Tensor, word_ids: torch.Tensor) -> torch.Tensor:
         """Only the label words' rows of the output layer, at the given hidden states (..., H) -> (..., W): the softmax
@@ -248,20 +246,14 @@ class CausalLM(Family):
         ctx = dict(inputs_embeds=emb[:n], attention_mask=att[:n])
         if pos is not None:
             ctx["position_ids"] = pos[:n]
+        if not cw:  # single-token words, a tail-less template: nothing follows the first tokens
+            return self.label_rows(self.model.base_model(**ctx, use_cache=False).last_hidden_state[:, -1], rows.word_ids)
         start = (pos[:n, -1] + 1) if pos is not None else att[:n].sum(-1)  # where a continuation's positions begin
-        cache = None
-        if cw:
-            out = self.model.base_model(**ctx, use_cache=True)
-            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-            if cache is not None and cache.get_seq_length() != emb.shape[1]:
-                cache = None  # the layers dropped it (gradient checkpointing while training leaves the cache empty)
-        if cw and cache is None:
+        out = self.model.base_model(**ctx, use_cache=True)
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        if cache is None or cache.get_seq_length() != emb.shape[1]:  # gradient checkpointing while training leaves it empty
             return self._repeated_context_scores(emb, att, start, rows)
-        if not cw:
-            out = self.model.base_model(**ctx, use_cache=False)
         scores = self.label_rows(out.last_hidden_state[:, -1], rows.word_ids)  # (n, W)
-        if not cw:
-            return scores
         cache.batch_repeat_interleave(W)
         cont_att = att[n:, :cw]
         kw = dict(inputs_embeds=emb[n:, :cw], attention_mask=torch.cat([att[:n].repeat_interleave(W, 0), cont_att], 1), use_cache=True)
@@ -285,11 +277,10 @@ class CausalLM(Family):
 
     def _continuation_log_probs(self, hidden: torch.Tensor, rows: Rows) -> torch.Tensor:
         """(n * W,) summed log-probs of ``rows.target_ids`` predicted at the continuation positions of ``hidden``."""
-        tgt = rows.target_ids.to(hidden.device)
+        tgt = rows.target_ids.to(hidden.device)  # as wide as the continuations: each row reads one token per target
         sel = tgt >= 0  # the output layer only where a target token is predicted
-        sel = sel[:, : hidden.shape[1]]
-        lp = self.logits(hidden[:, : sel.shape[1]][sel]).float().log_softmax(-1)
-        picked = lp.gather(-1, tgt[:, : sel.shape[1]][sel][:, None]).squeeze(-1)
+        lp = self.logits(hidden[sel]).float().log_softmax(-1)
+        picked = lp.gather(-1, tgt[sel][:, None]).squeeze(-1)
         row = torch.arange(tgt.shape[0], device=hidden.device)[:, None].expand_as(sel)[sel]
         return torch.zeros(tgt.shape[0], dtype=picked.dtype, device=hidden.device).index_add(0, row, picked)
 
