@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import tiny_backbone, toy_rows
-from prompttune.backbone import families
+from prompttune.backbone import causal, families
 from prompttune.generation import GenerationModel
 from prompttune.model import PromptModel
 
@@ -170,8 +170,8 @@ def test_chunked_cross_entropy_equals_the_whole_one_in_value_and_gradient(monkey
     """Above CE_CHUNK logits the loss is summed over chunks of positions recomputed in backward: same loss, same grads."""
     data = [{"src": f"the film was {w}", "tgt": f"{w} very {w} movie"} for w in ("good", "bad", "great", "poor")]
     results = []
-    for chunk in (families.CE_CHUNK, 3 * 400):  # whole; about 3 positions a chunk (vocabulary ~400)
-        monkeypatch.setattr(families, "CE_CHUNK", chunk)
+    for chunk in (causal.CE_CHUNK, 3 * 400):  # whole; about 3 positions a chunk (vocabulary ~400)
+        monkeypatch.setattr(causal, "CE_CHUNK", chunk)
         gm = GenerationModel(tiny_backbone("llama"), "{soft*2} copy: {src} =>", target="tgt", method="soft-prompt")
         torch.manual_seed(0)
         with torch.no_grad():

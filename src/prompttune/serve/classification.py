@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..backbone import Rows
-from ..backbone.families import PromptCache
+from ..backbone.family import PromptCache
 from ..errors import ConfigError
 from ..template import Rendered
 from ..verbalizer import prediction
