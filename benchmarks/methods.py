@@ -1,5 +1,9 @@
 """Methods side by side on one model: zero-shot, soft prompt, prefix, LoRA, full fine-tuning (few-shot sentiment).
 
+Besides the registered methods, two zero-shot contenders: ``calibrated-zero-shot`` (contextual calibration: the
+scores of content-free inputs divided out) and ``searched-words`` (``prompttune search --what verbalizer``: label
+words proposed from the model's own predictions on the seed's training reviews, ranked on its dev reviews).
+
 The `prompttune demo` setting unless told otherwise: movie reviews, 16 training + 16 dev reviews per class drawn with
 each seed, the first N reviews of the fixed test split, every method with its defaults. One backbone is loaded per
 method and seed (methods that change the weights must not see each other's changes). Writes results.json and a
@@ -20,6 +24,9 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+
+
+CONTENDERS = {"calibrated-zero-shot": "zero-shot", "searched-words": "zero-shot"}  # contender -> the method it runs
 
 
 def _write(path: Path, text: str) -> None:
@@ -60,7 +67,9 @@ def main() -> None:
 
     from prompttune.artifact import artifact_bytes
     from prompttune.config import with_overrides
+    from prompttune.model import PromptModel
     from prompttune.pipeline import build_model, demo_config, load_splits
+    from prompttune.search import search_label_words
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -68,12 +77,13 @@ def main() -> None:
     runs = json.loads(res_path.read_text())["runs"] if res_path.exists() else []
     done = {(r["method"], r["seed"]) for r in runs}
     header = f"{args.model}, {demo_config(Path(args.artifacts)).data.shots_per_class} per class, {args.test_size} test reviews\n\n"
+    seedless = ("zero-shot", "calibrated-zero-shot")  # the same whatever the seed: run once
     for seed in args.seeds:
         for method in args.methods:
-            if (method, seed) in done or (method == "zero-shot" and any(r["method"] == "zero-shot" for r in runs)):
+            if (method, seed) in done or (method in seedless and any(r["method"] == method for r in runs)):
                 continue
             cfg = demo_config(Path(args.artifacts) / out.name / f"{method}-seed{seed}", test_size=args.test_size, seed=seed)
-            ov = [f"model.name={args.model}", f"method.name={method}", *args.overrides]
+            ov = [f"model.name={args.model}", f"method.name={CONTENDERS.get(method, method)}", *args.overrides]
             cfg = with_overrides(cfg, ov)
             if args.template:  # set directly: an override's value is read as YAML, and "a: {b}" is a mapping there
                 cfg = cfg.model_copy(update={"prompt": cfg.prompt.model_copy(update={"template": args.template})})
@@ -81,6 +91,13 @@ def main() -> None:
             pm = build_model(cfg)
             t = time.perf_counter()
             steps = 0
+            note = {}
+            if method == "calibrated-zero-shot":
+                note["calibration"] = pm.calibrate()
+            elif method == "searched-words":
+                best = search_label_words(pm, train, dev, per_class=5, max_candidates=20).best
+                pm = PromptModel(pm.backbone, best.template, best.verbalizer, "zero-shot")
+                note["verbalizer"] = best.verbalizer
             if pm.method.trainable:
                 steps = pm.fit(train, dev, **cfg.train.model_copy(update={"progress": False}).model_dump()).steps
             train_s = time.perf_counter() - t
@@ -88,10 +105,10 @@ def main() -> None:
             pm.save_pretrained(cfg.output)
             runs.append({"method": method, "seed": seed, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "steps": steps,
                          "train_seconds": train_s, "trainable_parameters": pm.num_trainable_parameters(),
-                         "artifact_bytes": artifact_bytes(cfg.output), "examples_per_second": m["examples_per_second"]})
-            print(json.dumps(runs[-1]), flush=True)
+                         "artifact_bytes": artifact_bytes(cfg.output), "examples_per_second": m["examples_per_second"], **note})
+            print(json.dumps(runs[-1], ensure_ascii=False), flush=True)
             meta = {"model": args.model, "test_size": args.test_size, "template": cfg.prompt.template, "overrides": args.overrides, "runs": runs}
-            _write(res_path, json.dumps(meta, indent=2))
+            _write(res_path, json.dumps(meta, indent=2, ensure_ascii=False))
             _write(out / "summary.md", header + table(runs, args.methods))
     _write(out / "summary.md", header + table(runs, args.methods))
     print(table(runs, args.methods))
