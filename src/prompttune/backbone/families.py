@@ -3,7 +3,6 @@ tells its family. The interface every family answers is ``family.Family``."""
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
