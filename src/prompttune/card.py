@@ -28,6 +28,8 @@ SHIPPED_HUB_IDS = {
     "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
     "minilm-l6": "sentence-transformers/all-MiniLM-L6-v2",
     "gemma3-270m": "google/gemma-3-270m",
+    "whisper-tiny-en": "openai/whisper-tiny.en",
+    "whisper-base": "openai/whisper-base",
 }
 # prompttune's metric names -> the Hub's metric ids (front matter ``metrics``); the values are in the body.
 HUB_METRICS = {"accuracy": "accuracy", "macro_f1": "f1", "rouge1": "rouge", "rouge2": "rouge", "rougeL": "rouge",

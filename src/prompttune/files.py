@@ -26,7 +26,7 @@ from typing import Any
 from .errors import ConfigError
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "staged_directory", "replace_directory",
-           "check_output_directory"]
+           "check_output_directory", "cached_directory"]
 
 
 def _current_umask() -> int:
@@ -171,6 +171,25 @@ def replace_directory(staged: str | Path, target: str | Path) -> None:
         os.rename(staged, target)
         shutil.rmtree(old, ignore_errors=True)
     _fsync_dir(target.parent)
+
+
+def cached_directory(target: str | Path, build: Callable[[Path], None], *, marker: str) -> Path:
+    """A cache entry made once: ``target`` if its ``marker`` file is there, else ``build(staging)`` into a fresh
+    directory beside it, renamed in whole. Whatever stops ``build`` (an error, Ctrl-C) removes the staging directory;
+    a second process that finished first wins, and its entry is used."""
+    target = Path(target)
+    if (target / marker).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-{os.getpid()}-"))
+    try:
+        build(tmp)
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / marker).exists():
+            raise
+    return target
 
 
 def check_output_directory(target: str | Path, *, ours: Collection[str] | Callable[[Path], bool], overwrite: bool = False,

