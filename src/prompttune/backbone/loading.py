@@ -69,8 +69,8 @@ def converted_speech_copy(name: str, dtype: torch.dtype = torch.float32) -> Path
     spec = SHIPPED_MODELS[name]
     parts = []
     for package, rel in spec.ct2_parts:
-        part = ShippedModel(package, spec.install)
-        parts.append(package_dir(part, name) / rel)
+        wheel = next((w for w in spec.install.split() if w.split("==")[0].replace("-", "_") == package), spec.install)
+        parts.append(package_dir(ShippedModel(package, wheel), name) / rel)
     return converted_copy(package_dir(spec, name), dtype, parts=parts if len(parts) > 1 else None, label=name)
 
 
