@@ -236,6 +236,16 @@ def test_other_specs_and_int8_models_are_refused(tmp_path):
     (d / "tokenizer.json").write_text("{}")
     with pytest.raises(BackboneError, match="not a Whisper model"):
         whisper_parts(d)
+    (d / "model.bin").write_bytes(b"")
+    small_model_bin(d / "model.bin", {"w": np.ones(2, np.float32)})
+    real = tiny_en_dir()
+    shutil.copy(real / "tokenizer.json", d / "tokenizer.json")
+    (d / "config.json").write_text("{not json")
+    with pytest.raises(BackboneError, match="config.json"):
+        whisper_parts(d)
+    (d / "config.json").write_text("{}")
+    with pytest.raises(BackboneError, match="lacks the Whisper tensor"):
+        whisper_parts(d)
     small_model_bin(d / "model.bin", {"decoder/embeddings/weight": np.ones((2, 2), np.int8),
                                       "decoder/embeddings/weight_scale": np.ones(2, np.float32)})
     with pytest.raises(BackboneError, match="int8"):

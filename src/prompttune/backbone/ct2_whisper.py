@@ -218,13 +218,21 @@ def whisper_parts(directory: str | Path, model_bin: Path | None = None):
     tok_file = directory / "tokenizer.json"
     if not tok_file.is_file():
         raise BackboneError(f"{directory} has no tokenizer.json", where=str(directory), fix="copy the model's tokenizer.json next to model.bin")
-    ct2_config = json.loads((directory / "config.json").read_text()) if (directory / "config.json").is_file() else {}
+    try:
+        ct2_config = json.loads((directory / "config.json").read_text()) if (directory / "config.json").is_file() else {}
+    except (ValueError, OSError) as e:
+        raise BackboneError(f"cannot read {directory / 'config.json'} ({e})", where=str(directory / "config.json"),
+                            fix="restore the config.json that came with the model (JSON with suppress_ids, lang_ids)") from None
     try:
         sd, cfg = whisper_state_dict(w)
     except KeyError as e:
         raise BackboneError(f"{model_bin or directory / 'model.bin'} lacks the Whisper tensor {e.args[0]}", where=str(directory),
                             fix="the file is incomplete or not a Whisper model: install the model package again") from None
-    tokenizer = transformers.WhisperTokenizerFast(tokenizer_file=str(tok_file))
+    try:
+        tokenizer = transformers.WhisperTokenizerFast(tokenizer_file=str(tok_file))
+    except Exception as e:  # tokenizers' own parse errors
+        raise BackboneError(f"cannot read {tok_file} as a tokenizer ({type(e).__name__}: {str(e)[:200]})", where=str(tok_file),
+                            fix="restore the tokenizer.json that came with the model") from None
     ids = _special_ids(tokenizer)
     langs = ct2_config.get("lang_ids") or []
     multilingual = cfg["vocab_size"] >= 51865  # OpenAI's rule: English-only models have one token fewer

@@ -62,13 +62,23 @@ def espeak_version() -> str:
     return out.split("Data at")[0].strip() or "unknown"
 
 
+def audio_libraries():
+    """soundfile and soxr (the ``speech`` extra), or a DataError that says how to install them."""
+    try:
+        import soundfile
+        import soxr
+    except ImportError as e:
+        raise DataError(f"spoken corpora need {e.name}, which is not installed", where=str(e.name),
+                        fix="pip install 'prompttune[speech]' (soundfile, soxr; scripts/setup.sh installs them)") from None
+    return soundfile, soxr
+
+
 def speak(text: str, *, voice: str = "en-us", wpm: int = 175, pitch: int = 50):
     """One clip: ``text`` read by espeak-ng, as float32 samples at 16 kHz. The text goes in on stdin, never as an
     argument, so a text that starts with '-' is read, not taken as an option."""
     import numpy as np
-    import soundfile
-    import soxr
 
+    soundfile, soxr = audio_libraries()
     espeak_version()
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "clip.wav"
@@ -91,8 +101,6 @@ def voice_for(name: str, split: str, index: int) -> tuple[int, int]:
 def spoken_corpus(name: str, split: str = "test", *, limit: int | None = None, progress: bool = True) -> Path:
     """The JSON-lines index of the spoken corpus ``name`` (its ``split``, the first ``limit`` rows), made on first use
     under the cache and reused; each row's ``audio`` is the absolute path of its FLAC file."""
-    import soundfile
-
     from ..backbone.loading import cache_root
     from ..progress import progress_bar
 
@@ -108,6 +116,7 @@ def spoken_corpus(name: str, split: str = "test", *, limit: int | None = None, p
     key = hashlib.sha1(json.dumps([SYNTH_VERSION, espeak_version(), spec.source, spec.say, spec.voice, split, len(rows),
                                    VOICE_SEED]).encode()).hexdigest()[:12]
     out = cache_root() / "speech" / f"{name}-{split}-{len(rows)}-{key}"
+    soundfile, _ = audio_libraries()
     bar = None
 
     def build(tmp: Path) -> None:
