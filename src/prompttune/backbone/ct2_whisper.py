@@ -270,6 +270,15 @@ def whisper_parts(directory: str | Path, model_bin: Path | None = None):
     return model, tokenizer, features
 
 
+def join_parts(parts: list[Path], dest: Path) -> Path:
+    """``model.bin`` shipped in pieces, joined in order into ``dest``."""
+    with open(dest, "wb") as f:
+        for p in parts:
+            with open(p, "rb") as src:
+                shutil.copyfileobj(src, f, 1 << 24)
+    return dest
+
+
 def converted_copy(directory: str | Path, dtype: torch.dtype, parts: list[Path] | None = None, label: str | None = None) -> Path:
     """The transformers copy of a CTranslate2 Whisper directory, converted once into the cache and reused (keyed by
     the source files and the dtype; ``label`` names it). ``parts``: ``model.bin`` shipped in pieces to join, in order. The copy is
@@ -286,13 +295,7 @@ def converted_copy(directory: str | Path, dtype: torch.dtype, parts: list[Path] 
     out = cache_root() / "models" / f"{label or 'whisper-' + directory.name}-{key}"
 
     def build(tmp: Path) -> None:
-        model_bin = None
-        if parts:
-            model_bin = tmp / "model.bin"
-            with open(model_bin, "wb") as f:
-                for p in parts:
-                    with open(p, "rb") as src:
-                        shutil.copyfileobj(src, f, 1 << 24)
+        model_bin = join_parts(parts, tmp / "model.bin") if parts else None
         log.info("converting the CTranslate2 Whisper in %s once into %s", directory, out)
         model, tokenizer, features = whisper_parts(directory, model_bin)
         if model_bin is not None:

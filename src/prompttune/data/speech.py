@@ -53,12 +53,16 @@ SPOKEN: dict[str, SpokenCorpus] = {
 }
 
 
-def espeak_version() -> str:
+def espeak() -> str:
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise DataError("espeak-ng is not installed, so spoken corpora cannot be made", where="espeak-ng",
                         fix="apt-get install espeak-ng (Debian/Ubuntu; scripts/setup.sh --dev does it)")
-    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False).stdout
+    return exe
+
+
+def espeak_version() -> str:
+    out = subprocess.run([espeak(), "--version"], capture_output=True, text=True, check=False).stdout
     return out.split("Data at")[0].strip() or "unknown"
 
 
@@ -79,10 +83,9 @@ def speak(text: str, *, voice: str = "en-us", wpm: int = 175, pitch: int = 50):
     import numpy as np
 
     soundfile, soxr = audio_libraries()
-    espeak_version()
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "clip.wav"
-        done = subprocess.run(["espeak-ng", "-v", voice, "-s", str(wpm), "-p", str(pitch), "-w", str(wav)],
+        done = subprocess.run([espeak(), "-v", voice, "-s", str(wpm), "-p", str(pitch), "-w", str(wav)],
                               input=text.encode("utf-8"), capture_output=True, check=False)
         if done.returncode != 0 or not wav.is_file():
             raise DataError(f"espeak-ng could not read a text aloud ({done.stderr.decode(errors='replace').strip()[:200]})",
