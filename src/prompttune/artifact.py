@@ -221,6 +221,8 @@ def write_artifact(pm, directory, *, metrics: dict | None = None, extra: dict | 
     if pm.method.trains_backbone:
         pm.backbone.model.save_pretrained(out / BACKBONE_DIR)
         pm.backbone.tokenizer.save_pretrained(out / BACKBONE_DIR)
+        if pm.backbone.family.hears:  # a speech model's feature extractor (preprocessor_config.json)
+            pm.backbone.family.feature_extractor.save_pretrained(out / BACKBONE_DIR)
     from .tasks import task_of
 
     task = task_of(pm)

@@ -80,11 +80,11 @@ def decode(backbone, model_inputs: dict, opts: GenerateConfig) -> tuple[list[str
 
     tok = backbone.tokenizer
     eos, pad = tok.eos_token_id, backbone.family.pad_id
-    skip = backbone.family.generated_from  # e.g. a decoder's output starts with its start token
+    skip = backbone.family.generated_width(model_inputs)  # e.g. a decoder's output starts with its start token
     stopping = StoppingCriteriaList([_StopOnStrings(tok, opts.stop, skip)]) if opts.stop else None
     if opts.do_sample:
         torch.manual_seed(opts.seed)
-    out = backbone.model.generate(**model_inputs, generation_config=hf_generation_config(backbone, opts), stopping_criteria=stopping)
+    out = backbone.family.generate(model_inputs, generation_config=hf_generation_config(backbone, opts), stopping_criteria=stopping)
     texts, n_tokens = [], 0
     for row in out[:, skip:].tolist():
         keep = []
@@ -140,7 +140,7 @@ class GenerationModel(Tunable, nn.Module):
         self.method.attach(backbone, template, None, init=init, seed=seed)
         tok = backbone.tokenizer
         self.renderer = Renderer(template, tok, max_length=max_length, placeholder_id=fam.placeholder_id(), soft_id=fam.pad_id,
-                                 drop_mask=True, move_space_into_mask=False)
+                                 drop_mask=True, move_space_into_mask=False, **fam.renderer_options(template))
         self.eos_id = tok.eos_token_id
         self.pad_id = fam.pad_id
         self.padding_side = fam.source_padding_side  # of generation batches (training batches: right)
@@ -256,7 +256,7 @@ class GenerationModel(Tunable, nn.Module):
         opts = self.generation.model_copy(update=options) if options else self.generation
         outputs, n_tokens, seconds = self._generate_all(list(rows), opts, progress=progress)
         refs = [str(r[self.target]).strip() for r in rows]
-        m = generation_metrics(outputs, refs, language=opts.language)
+        m = generation_metrics(outputs, refs, language=opts.language, error_rates=self.backbone.family.hears)
         m.update(n=len(rows), seconds=seconds, generated_tokens=n_tokens,
                  tokens_per_second=n_tokens / seconds if seconds > 0 else None,
                  examples_per_second=len(rows) / seconds if seconds > 0 else None,

@@ -237,8 +237,10 @@ class RougeTokenizer:
         return toks
 
 
-def generation_metrics(predictions: Sequence[str], references: Sequence[str], *, language: str = "auto") -> dict:
-    """ROUGE-1/2/L F1 (mean over examples, x100), sacreBLEU corpus BLEU and chrF (0-100).
+def generation_metrics(predictions: Sequence[str], references: Sequence[str], *, language: str = "auto",
+                       error_rates: bool = False) -> dict:
+    """ROUGE-1/2/L F1 (mean over examples, x100), sacreBLEU corpus BLEU and chrF (0-100); with ``error_rates`` (speech
+    recognition) also jiwer's corpus WER and CER (0-1, lower is better) on case- and punctuation-folded text.
 
     ``language``: ``zh`` (or ``auto`` with mostly-CJK references) uses sacreBLEU's ``zh`` tokenizer and scores
     ROUGE by characters; anything else uses sacreBLEU's default ``13a``."""
@@ -264,4 +266,30 @@ def generation_metrics(predictions: Sequence[str], references: Sequence[str], *,
     out = {k: 100.0 * v / len(refs) for k, v in sums.items()}
     out.update(bleu=float(bleu.score), chrf=float(chrf.score), bleu_tokenize=tokenize, rouge_tokens="characters" if zh else "words",
                exact_match=100.0 * sum(p.strip() == r.strip() for p, r in zip(preds, refs)) / len(refs))
+    if error_rates:
+        out.update(error_rates_of(preds, refs))
     return out
+
+
+def error_rates_of(predictions: Sequence[str], references: Sequence[str]) -> dict:
+    """Word and character error rates (jiwer, over the whole corpus) after lower-casing and dropping punctuation,
+    as Whisper's papers compare transcripts."""
+    try:
+        import jiwer
+    except ImportError:
+        from .errors import ConfigError
+
+        raise ConfigError("speech recognition is scored by jiwer, which is not installed", where="metrics",
+                          fix="pip install 'prompttune[speech]' (or pip install jiwer)") from None
+
+    def norm(t: str) -> str:
+        t = "".join(ch if ch.isalnum() or ch.isspace() else " " for ch in t.lower())
+        return " ".join(t.split())
+
+    refs = [norm(r) for r in references]
+    preds = [norm(p) for p in predictions]
+    keep = [i for i, r in enumerate(refs) if r]  # jiwer refuses empty references
+    if not keep:
+        return {"wer": None, "cer": None}
+    refs, preds = [refs[i] for i in keep], [preds[i] for i in keep]
+    return {"wer": float(jiwer.wer(refs, preds)), "cer": float(jiwer.cer(refs, preds))}

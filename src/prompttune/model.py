@@ -153,7 +153,7 @@ class PromptModel(Tunable, nn.Module):
         self.method.attach(backbone, template, verbalizer, init=init, seed=seed)
         fam = backbone.family
         self.renderer = Renderer(template, backbone.tokenizer, max_length=max_length, placeholder_id=fam.placeholder_id(), soft_id=fam.pad_id,
-                                 drop_mask=not uses_mask)
+                                 drop_mask=not uses_mask, **fam.renderer_options(template))
         if uses_mask:
             words = verbalizer.encode(backbone.tokenizer, leading_space=self.renderer.space_before_mask and fam.leading_space())
             self.word_ids = [w for ws in words for w in ws]
@@ -192,7 +192,8 @@ class PromptModel(Tunable, nn.Module):
         return {label: [tok.convert_ids_to_tokens(ids) for ids in ws] for label, ws in zip(self.labels, words)}
 
     def render(self, row: Mapping[str, str]):
-        key = tuple(str(row.get(f, "")) for f in self.template.fields)
+        # a field's text, or (an array heard at {audio}) the object itself: the cached rendering keeps it alive
+        key = tuple(v if isinstance(v := row.get(f, ""), str) else ("#", id(v)) for f in self.template.fields)
         hit = self._render_cache.get(key)
         if hit is None:
             hit = self.renderer.render(row, reserve=self.reserve)
@@ -252,7 +253,10 @@ class PromptModel(Tunable, nn.Module):
     def calibrate(self) -> list[float]:
         """Contextual calibration: score content-free inputs ("N/A", "", "[MASK]") and store the bias."""
         self.verbalizer.calibration = None
-        rows = [{f: cf for f in self.template.fields} for cf in CONTENT_FREE_INPUTS]
+        from .template import AUDIO_FIELD
+
+        heard = {AUDIO_FIELD: self.backbone.family.content_free_audio()} if self.backbone.family.hears else {}
+        rows = [{**{f: cf for f in self.template.fields}, **heard} for cf in CONTENT_FREE_INPUTS]
         self.verbalizer.set_calibration(self.predict_log_probs(rows, calibrate=False))
         return self.verbalizer.calibration
 

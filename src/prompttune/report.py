@@ -425,7 +425,7 @@ def write_report(
 
 # --------------------------------------------------------------------------- generation report
 
-_GENERATION_ROWS = (("ROUGE-1 (F, x100)", "rouge1"), ("ROUGE-2 (F, x100)", "rouge2"), ("ROUGE-L (F, x100)", "rougeL"),
+_GENERATION_ROWS = (("WER (speech; lower is better)", "wer"), ("CER (speech; lower is better)", "cer"), ("ROUGE-1 (F, x100)", "rouge1"), ("ROUGE-2 (F, x100)", "rouge2"), ("ROUGE-L (F, x100)", "rougeL"),
                     ("BLEU (sacreBLEU)", "bleu"), ("chrF (sacreBLEU)", "chrf"), ("exact match (%)", "exact_match"),
                     ("loss per target token (teacher-forced)", "loss"), ("tokens / second", "tokens_per_second"),
                     ("examples / second", "examples_per_second"))
@@ -443,7 +443,7 @@ def write_generation_report(out_dir: str | Path, metrics: dict, *, title: str, d
     rows = []
     for name, key in _GENERATION_ROWS:
         if key in metrics or key in zero:
-            digits = 1 if key.endswith("per_second") else 2 if key != "loss" else 4
+            digits = 1 if key.endswith("per_second") else 3 if key in ("wer", "cer") else 2 if key != "loss" else 4
             rows.append([name, _fmt_float(metrics.get(key), digits)] + ([_fmt_float(zero.get(key), digits)] if zero else []))
     rows.append(["test examples", _fmt_int(metrics.get("n"))] + ([_fmt_int(zero.get("n"))] if zero else []))
     rows.append(["trainable parameters", _fmt_int(metrics.get("trainable_parameters"))] + (["0"] if zero else []))

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 PField = Field
 
 # The model families (``backbone.families`` implements one class per name; a test holds the two equal).
-FAMILIES = ("causal-lm", "masked-lm", "seq2seq", "encoder-head")
+FAMILIES = ("causal-lm", "masked-lm", "seq2seq", "encoder-head", "speech-seq2seq")
 Family = Literal["causal-lm", "masked-lm", "seq2seq", "encoder-head"]
 
 

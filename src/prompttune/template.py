@@ -10,6 +10,9 @@ Syntax (parsed once by a small hand-written scanner: no ``eval``, no Jinja, noth
   (as many tokens as the words take); ``{soft*8:sentiment}`` gives 8 tokens cycling those words
 - ``{soft#q*4}``: a named group; every ``{soft#q...}`` in the template shares the same parameters
 - ``{{`` and ``}}``: literal braces
+- ``{audio}`` (speech models only): where the clip is heard. Its column holds a ``.wav``/``.flac`` path or an array;
+  the speech family writes its start-of-transcript tokens there, and the template's text and soft tokens are the
+  decoder's (before ``{audio}``: Whisper's previous-text prompt; after it: the start of what is said)
 
 Rendering turns one example into token ids, the mask position and, per position, the index of the
 soft-token row to write there (-1 elsewhere). Only input fields are ever truncated (longest first);
@@ -28,6 +31,7 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*\Z")
 _SOFT = re.compile(r"soft(?:#(?P<name>[A-Za-z0-9_\-]+))?(?:\*(?P<count>[0-9]+))?(?::(?P<init>.*))?\Z", re.S)
 _SOFT_START = re.compile(r"soft(?![A-Za-z0-9_\-])")  # {soft...} but not a field such as {software}
 MAX_SOFT_TOKENS = 4096
+AUDIO_FIELD = "audio"  # the field a speech family hears instead of reading
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,7 @@ class Rendered:
     soft: list[int]
     mask: int | None
     truncated: bool = False
+    audio: object = None  # the {audio} field's value (a path or an array), for a speech family
 
 
 @dataclass
@@ -294,14 +299,19 @@ class Renderer:
     string, so text tokenises exactly as it would in running prose (no stray space tokens)."""
 
     def __init__(self, template: Template, tokenizer, *, max_length: int, placeholder_id: int,
-                 soft_id: int | None = None, move_space_into_mask: bool = True, drop_mask: bool = False):
+                 soft_id: int | None = None, move_space_into_mask: bool = True, drop_mask: bool = False,
+                 audio_ids: list[int] | None = None, specials: tuple[list[int], list[int]] | None = None):
+        """``audio_ids``: the tokens the ``{audio}`` field renders as (a speech family's), its value kept in
+        ``Rendered.audio``; None: ``{audio}`` is text like any field. ``specials``: the tokens before and after every
+        rendering (default: those the tokenizer adds)."""
         self.template = template
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.placeholder_id = placeholder_id
         self.soft_id = placeholder_id if soft_id is None else soft_id
         self.drop_mask = drop_mask
-        self.prefix_special, self.suffix_special = special_tokens_around(tokenizer)
+        self.audio_ids = None if audio_ids is None else list(audio_ids)
+        self.prefix_special, self.suffix_special = specials if specials is not None else special_tokens_around(tokenizer)
         groups = template.soft_groups(tokenizer)
         self.n_soft = sum(g.count for g in groups)
         # Per Soft segment: the list of row indices it writes.
@@ -331,6 +341,8 @@ class Renderer:
                         segs[k - 1] = Text(t.rstrip())
         self._segments = segs
         fixed = sum(len(r) for r in self.soft_rows) + len(self.prefix_special) + len(self.suffix_special)
+        if self.audio_ids is not None:
+            fixed += len(self.audio_ids) * sum(isinstance(s, Field) and s.name == AUDIO_FIELD for s in segs)
         if fixed + (0 if drop_mask else template.n_masks) >= max_length:
             raise TemplateError(f"the template needs {fixed} tokens before any input, max_length is {max_length}",
                                 where="template", fix="raise max_length or use fewer soft tokens")
@@ -355,6 +367,10 @@ class Renderer:
         for seg in self._segments:
             if isinstance(seg, Text):
                 run.append(seg.text)
+            elif isinstance(seg, Field) and seg.name == AUDIO_FIELD and self.audio_ids is not None:
+                flush()
+                ids.extend(self.audio_ids)
+                soft.extend([-1] * len(self.audio_ids))
             elif isinstance(seg, Field):
                 run.append(values[seg.name])
             elif isinstance(seg, Soft):
@@ -382,6 +398,8 @@ class Renderer:
             if name not in example:
                 raise TemplateError(f"the example has no field {name!r} (it has: {', '.join(sorted(example))})",
                                     where="template", fix=f"add a {name!r} column or map one to it with data.columns")
+            if name == AUDIO_FIELD and self.audio_ids is not None:
+                continue  # heard, not read: never tokenised or truncated
             values[name] = str(example[name])
             check_text(values[name], f"field {name!r}")
         out = self._assemble(values)
@@ -405,6 +423,8 @@ class Renderer:
             raise TemplateError(f"cannot fit the example into max_length={self.max_length} by truncating fields",
                                 where="template", fix="raise max_length")
         out.truncated = truncated
+        if self.audio_ids is not None:
+            out.audio = example[AUDIO_FIELD]
         return out
 
 

@@ -10,6 +10,8 @@ examples become model rows, and how the model's outputs become one score per lab
 - ``masked-lm``: the mask slot becomes the model's mask token(s), scored by the MLM head.
 - ``seq2seq``: the encoder sees the prompt with a sentinel in the mask slot, the decoder target is the word.
 - ``encoder-head``: no label words; the prompt text and input go through a sequence-classification head.
+- ``speech-seq2seq`` (Whisper): the clip at ``{audio}`` goes to the encoder; the prompt, mask and soft tokens are
+  the decoder's, scored as a causal LM's (``speech.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from pathlib import Path
 import torch
 
 from ..errors import BackboneError
-from .families import FAMILIES, FAMILY_CLASSES, CausalLM, EncoderHead, Family, MaskedLM, Seq2Seq, family_of_config, family_of_model
+from .families import (FAMILIES, FAMILY_CLASSES, CausalLM, EncoderHead, Family, MaskedLM, Seq2Seq, SpeechSeq2Seq, family_of_config,
+                       family_of_model)
 from .loading import (DTYPES, SHIPPED_MODELS, WHAT_MODELS, ShippedModel, cache_root, check_model_source, converted_speech_copy,
                       dequantised_copy, drop_gguf_quantizer, first_line, loading_step, resolve)
 from .rows import GenBatch, Rows, TensorBatch, pack, pad
@@ -37,7 +40,9 @@ _VOLATILE_CONFIG = {"_name_or_path", "transformers_version", "torch_dtype", "dty
 class Backbone:
     """A model, its tokenizer and its family."""
 
-    def __init__(self, model, tokenizer, *, family: str | None = None, name: str | None = None, source: dict | None = None):
+    def __init__(self, model, tokenizer, *, family: str | None = None, name: str | None = None, source: dict | None = None,
+                 feature_extractor=None):
+        """``feature_extractor``: a speech model's (default: Whisper's for its number of mel bins)."""
         family = family or family_of_model(model)
         if family not in FAMILY_CLASSES:
             raise BackboneError(f"unknown family {family!r}", fix=f"use one of {', '.join(FAMILIES)}")
@@ -45,7 +50,8 @@ class Backbone:
         self.tokenizer = tokenizer
         self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
         self.source = source or {"name": self.name}
-        self.family: Family = FAMILY_CLASSES[family](model, tokenizer)
+        fcls = FAMILY_CLASSES[family]
+        self.family: Family = fcls(model, tokenizer, feature_extractor) if fcls.hears else fcls(model, tokenizer)
 
     # ---- loading ---------------------------------------------------------------------------
     @classmethod
@@ -65,11 +71,7 @@ class Backbone:
         path, gguf, default_family = resolve(name, gguf_file)
         if SHIPPED_MODELS.get(name) and SHIPPED_MODELS[name].ct2_parts:
             path = str(loading_step(name, "CTranslate2 weights", lambda: converted_speech_copy(name, torch_dtype)))
-            raise BackboneError(f"model {name!r} is a speech encoder-decoder (Whisper); prompttune has no speech family yet "
-                                "(audio templates, decoder prompts), so it cannot be tuned here", where="model.name",
-                                fix=f"its transformers copy is at {path}: load it with transformers.WhisperForConditionalGeneration."
-                                    "from_pretrained, or pick a text model (" + ", ".join(n for n, s in SHIPPED_MODELS.items() if not s.ct2_parts) + ")")
-        if gguf:
+        elif gguf:
             path = str(loading_step(name, "GGUF file", lambda: dequantised_copy(path, gguf, torch_dtype)))
         else:
             check_model_source(name, path)
@@ -115,8 +117,12 @@ class Backbone:
                                 fix="use method head-finetune (encoder + classification head) with this model, or a checkpoint with its MLM head")
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        features = None
+        if fcls.hears:
+            features = loading_step(name, "feature extractor", lambda: transformers.AutoFeatureExtractor.from_pretrained(path, **kw),
+                                    fix="the model directory needs preprocessor_config.json (what WhisperFeatureExtractor.save_pretrained writes)")
         source = {"name": name, "family": family, "dtype": dtype, "revision": revision}
-        return cls(model, tokenizer, family=family, name=name, source=source)
+        return cls(model, tokenizer, family=family, name=name, source=source, feature_extractor=features)
 
     def is_family(self, name: str | None) -> bool:
         """Whether this backbone is loaded as the family ``name`` (as an artifact records it)."""
@@ -135,12 +141,13 @@ class Backbone:
             embeds = torch.where((soft_index >= 0)[..., None], table[soft_index.clamp_min(0)], embeds)
         return embeds
 
-    def inputs(self, embeds: torch.Tensor, attention_mask: torch.Tensor, *, prefix=None) -> dict:
+    def inputs(self, embeds: torch.Tensor, attention_mask: torch.Tensor, *, prefix=None, batch=None) -> dict:
         """The model's keyword arguments for input embeddings, with ``prefix`` (keys/values in front of every
-        attention layer, or None) put in place for the next forward: what every method's ``model_inputs`` returns."""
+        attention layer, or None) put in place for the next forward: what every method's ``model_inputs`` returns.
+        ``batch``: the rows the embeddings come from (a speech family adds their audio features)."""
         self.set_prefix(prefix)
         length = prefix[0][0].shape[-2] if prefix else 0
-        return self.family.input_kwargs(embeds, attention_mask, prefix_length=length)
+        return self.family.input_kwargs(embeds, attention_mask, prefix_length=length, batch=batch)
 
     def freeze(self) -> None:
         for p in self.model.parameters():
@@ -204,4 +211,4 @@ class Backbone:
 
 
 __all__ = ["Backbone", "CausalLM", "EncoderHead", "FAMILIES", "FAMILY_CLASSES", "Family", "GenBatch", "MaskedLM", "Rows",
-           "SHIPPED_MODELS", "Seq2Seq", "ShippedModel", "TensorBatch", "cache_root", "converted_speech_copy", "pack", "pad", "resolve"]
+           "SHIPPED_MODELS", "Seq2Seq", "ShippedModel", "SpeechSeq2Seq", "TensorBatch", "cache_root", "converted_speech_copy", "pack", "pad", "resolve"]

@@ -12,8 +12,9 @@ from ..template import fill_mask
 from .rows import GenBatch, Rows, mask_of, pack, pad, scored_rows
 from .causal import CausalLM
 from .family import Family, PromptCache
+from .speech import SpeechSeq2Seq, is_speech_model
 
-__all__ = ["CausalLM", "EncoderHead", "Family", "MaskedLM", "PromptCache", "Seq2Seq", "FAMILY_CLASSES"]
+__all__ = ["CausalLM", "EncoderHead", "Family", "MaskedLM", "PromptCache", "Seq2Seq", "SpeechSeq2Seq", "FAMILY_CLASSES"]
 
 
 class MaskedLM(Family):
@@ -153,13 +154,15 @@ class EncoderHead(Family):
         return self.model(**inputs).logits.float()
 
 
-FAMILY_CLASSES: dict[str, type[Family]] = {c.name: c for c in (CausalLM, MaskedLM, Seq2Seq, EncoderHead)}
+FAMILY_CLASSES: dict[str, type[Family]] = {c.name: c for c in (CausalLM, MaskedLM, Seq2Seq, EncoderHead, SpeechSeq2Seq)}
 
 
 def family_of_model(model) -> str:
     cls = type(model).__name__
     if cls.endswith("ForSequenceClassification"):
         return "encoder-head"
+    if is_speech_model(model):
+        return "speech-seq2seq"
     if getattr(model.config, "is_encoder_decoder", False):
         return "seq2seq"
     if cls.endswith("ForMaskedLM"):
@@ -170,6 +173,8 @@ def family_of_model(model) -> str:
 
 
 def family_of_config(config) -> str:
+    if is_speech_model(config):
+        return "speech-seq2seq"
     if getattr(config, "is_encoder_decoder", False):
         return "seq2seq"
     archs = " ".join(getattr(config, "architectures", None) or [])

@@ -35,10 +35,12 @@ class Family:
     uses_verbalizer: ClassVar[bool] = True  # scores label words at a mask (else: a classification head's logits)
     has_task_head: ClassVar[bool] = False  # carries a classification head of its own (trained with the prompt)
     generates: ClassVar[bool] = False  # can generate text (summarization, translation)
+    hears: ClassVar[bool] = False  # its input is audio at the template's {audio} (a speech encoder-decoder)
     caches_prompt: ClassVar[bool] = False  # can score rows after past keys/values (a server's prompt cache)
     # a prefix in every attention layer: does the input continue its positions (as after a cache of that length)?
     prefix_shifts_positions: ClassVar[bool] = False
     peft_task_type: ClassVar[str | None] = None  # where PEFT's prompt-learning adapters put the prompt the same way
+    lora_targets: ClassVar[tuple[str, ...] | None] = None  # LoRA's modules where PEFT has no default for the model type
     source_padding_side: ClassVar[str] = "left"  # of generation sources, so every row's next token is at the right edge
     generated_from: ClassVar[int] = 0  # where generated tokens start in a row of generate()'s output
     target_takes_trailing_space: ClassVar[bool] = False  # "Headline: " + "words" is written "Headline:" + " words"
@@ -64,9 +66,15 @@ class Family:
     def fast_ok(self, words: list[list[int]], template_tail_empty: bool) -> bool:
         return all(len(w) == 1 for w in words)
 
-    def input_kwargs(self, embeds: torch.Tensor, attention_mask: torch.Tensor, *, prefix_length: int = 0) -> dict:
+    def renderer_options(self, template) -> dict:
+        """Keyword arguments for the template's ``Renderer`` beyond the tokenizer's defaults (a speech family's
+        ``{audio}`` tokens and specials)."""
+        return {}
+
+    def input_kwargs(self, embeds: torch.Tensor, attention_mask: torch.Tensor, *, prefix_length: int = 0, batch=None) -> dict:
         """The model's keyword arguments for input embeddings; positions continue after a prefix of ``prefix_length``
-        keys/values where this family's positions do (``prefix_shifts_positions``)."""
+        keys/values where this family's positions do (``prefix_shifts_positions``). ``batch``: the rows they come
+        from, for what else a family feeds its model (a speech family's audio features)."""
         kw = dict(inputs_embeds=embeds, attention_mask=attention_mask)
         if self.takes_position_ids:
             shift = prefix_length if self.prefix_shifts_positions else 0
@@ -113,6 +121,15 @@ class Family:
     def generate_kwargs(self) -> dict:
         """The special tokens transformers' ``GenerationConfig`` needs for this family."""
         raise self._no_generation()
+
+    def generate(self, inputs: dict, **kwargs) -> torch.Tensor:
+        """transformers' ``generate`` on a method's ``model_inputs``; rows of token ids, the new ones from
+        :meth:`generated_width` on."""
+        return self.model.generate(**inputs, **kwargs)
+
+    def generated_width(self, inputs: dict) -> int:
+        """Where the generated tokens start in the rows :meth:`generate` returns."""
+        return self.generated_from
 
     # ---- shared helpers ----
     def probe(self, ids: torch.Tensor):

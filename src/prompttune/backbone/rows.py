@@ -36,6 +36,10 @@ class Rows(TensorBatch):
     # word and the template's tail. ``word_ids`` are then the words' first tokens, read at the context's last position;
     # ``target_ids`` (n_examples * W, L) the tokens after them, predicted by the continuation rows.
     continuation_width: int | None = None
+    # speech: each example's log-mel features (n_examples, mels, frames) and, per row, the example it hears
+    input_features: torch.Tensor | None = None
+    audio_rows: torch.Tensor | None = None  # (R,)
+    audio_keys: list[str] | None = None  # per example: what it hears (a path, or a hash of the samples)
 
 
 def pad(seqs: Sequence[Sequence[int]], value: int, side: str, width: int | None = None) -> torch.Tensor:
@@ -85,6 +89,8 @@ class GenBatch(TensorBatch):
     decoder_input_ids: torch.Tensor | None = None
     decoder_attention_mask: torch.Tensor | None = None
     n_targets: int = 0
+    input_features: torch.Tensor | None = None  # speech: each row's log-mel features (R, mels, frames)
+    audio_keys: list[str] | None = None
 
 
 def mask_of(seqs: Sequence[Sequence[int]], side: str) -> torch.Tensor:

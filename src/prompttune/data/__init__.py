@@ -65,6 +65,10 @@ Generation corpora (no labels; the same sorting and ``SPLIT_SEED`` shuffle, sort
   translations is dropped. 820 pairs (train 620) / 833 pairs (train 633).
 
 Parsed corpora are cached in-process; callers always get fresh copies.
+
+Spoken corpora (``spoken-movie-reviews``, ``spoken-django``, ``spoken-bbc-headlines``; :mod:`prompttune.data.speech`):
+the same splits read aloud by ``espeak-ng``, made once into the cache; rows ``audio`` (a FLAC path), ``text``
+and, for the reviews, ``label``.
 """
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ from .corpora import (BUILTINS, HK_EN_ZH, HK_EN_ZH_TEST_SIZE, SPLIT_SEED, SPLITS
 from .files import FILE_SUFFIXES, Row, check_usable_path, read_file, resolve_label_column, shape_row
 from .hf import DATASET_SUFFIXES, DatasetRows, DatasetSource, as_rows, is_dataset, is_dataset_dict, parse_source
 from .sampling import few_shot, few_shot_indices, length_batches, row_labels, split_dev
+from .speech import SPOKEN, spoken_corpus
 
 __all__ = ["BUILTINS", "DATASET_SUFFIXES", "FILE_SUFFIXES", "HK_EN_ZH", "HK_EN_ZH_TEST_SIZE", "ROLES", "SPLITS",
            "SPLIT_SEED", "BuiltinCorpus", "DatasetRows", "DatasetSource", "Row", "as_rows", "builtin_names", "few_shot",
@@ -128,6 +133,8 @@ def open_rows(spec, *, split: str = "train", columns: Mapping[str, str] | None =
         if not mapping and label_col == "label":
             return rows
         return [shape_row(row, mapping, label_col, require_label, f"{name} ({corpus_split})") for row in rows]
+    if name in SPOKEN:  # a built-in corpus read aloud (espeak-ng), made once into the cache
+        return read_file(str(spoken_corpus(name, corpus_split)), columns=columns, label_column=label_column, require_label=require_label)
     if file.exists():
         raise DataError("the path is not a data file", where=name,
                         fix=f"give a {', '.join(FILE_SUFFIXES + DATASET_SUFFIXES)} file, or a directory written by "

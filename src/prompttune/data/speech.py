@@ -9,7 +9,8 @@ name                        read from           what is said    rows
 ``spoken-bbc-headlines``    ``bbc-headlines``   ``headline``    ``audio``, ``text`` (recognition)
 ==========================  ==================  ==============  ===========================================
 
-The splits are those of the text corpus (fixed test splits). Each clip's voice varies within fixed ranges (words
+The splits are those of the text corpus (fixed test splits); a train split is its first ``TRAIN_CLIPS`` rows (1,000:
+enough for few-shot sampling and minutes, not an hour, of synthesis). Each clip's voice varies within fixed ranges (words
 per minute 140-190, pitch 35-65), drawn from ``random.Random`` seeded by the corpus, split and row number, so a corpus
 is the same on every machine with the same espeak-ng (its version is part of the cache key). A directory is built
 beside its final place and renamed in: a crash leaves no half-written corpus.
@@ -37,6 +38,7 @@ VOICE_SEED = 20261203
 SYNTH_VERSION = 1  # part of the cache key: bump when the synthesis changes
 WPM = (140, 190)
 PITCH = (35, 65)
+TRAIN_CLIPS = 1000
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ def spoken_corpus(name: str, split: str = "test", *, limit: int | None = None, p
     if limit is not None and limit < 1:
         raise DataError(f"limit must be at least 1 (got {limit})", where=name, fix="give a positive number of clips, or none for all")
     rows = load_builtin(spec.source, split)
+    rows = rows[:TRAIN_CLIPS] if split == "train" else rows
     rows = rows[:limit] if limit else rows
     key = hashlib.sha1(json.dumps([SYNTH_VERSION, espeak_version(), spec.source, spec.say, spec.voice, split, len(rows),
                                    VOICE_SEED]).encode()).hexdigest()[:12]

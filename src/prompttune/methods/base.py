@@ -158,7 +158,7 @@ class Method(nn.Module):
         method's soft rows written in, and its prefix (if any) is put in every attention layer. Training,
         evaluation, generation, search and serving all enter the model here."""
         return backbone.inputs(self.embed(backbone, batch.input_ids, batch.soft_index), batch.attention_mask,
-                               prefix=self.prefix_kv(backbone))
+                               prefix=self.prefix_kv(backbone), batch=batch)
 
     def soft_table(self, backbone) -> torch.Tensor | None:
         """The soft-token rows as the model sees them (a P-tuning encoder applied), or None."""

@@ -36,10 +36,11 @@ class Lora(Method):
             from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
 
             mtype = backbone.model.config.model_type
-            if mtype not in defaults:
+            targets = defaults.get(mtype) or backbone.family.lora_targets
+            if not targets:
                 raise ConfigError(f"peft has no default LoRA target modules for model type {mtype!r}", where="method.target_modules",
                                   fix="name them, e.g. target_modules: [query, value]")
-            cfg.target_modules = set(defaults[mtype])
+            cfg.target_modules = set(targets)
         torch.manual_seed(seed)
         try:
             inject_adapter_in_model(cfg, backbone.model, adapter_name=ADAPTER)

@@ -103,6 +103,10 @@ class ServedTask:
         from ..methods import METHODS
 
         bb = engine.backbone
+        if bb.family.hears:
+            raise TaskConflictError(f"the serving engine does not serve speech models yet ({bb.name!r} is a {bb.family.name}): "
+                                    "requests carry text, not audio", where=str(directory),
+                                    fix="load the artifact with prompttune.load() and call predict / generate on clips")
         method = meta.get("method", {}).get("name")
         mcls = METHODS.get(method)
         if meta.get("trained_backbone") or (mcls is not None and mcls.trains_backbone):

@@ -89,14 +89,14 @@ class GenerationTask(Task):
         if Template(cfg.prompt.template).has_soft:
             return None
         zero = self.build(cfg, self.model.backbone, method="zero-shot").evaluate(test, progress=progress)
-        log(f"zero-shot: ROUGE-L {zero['rougeL']:.2f}  BLEU {zero['bleu']:.2f}  chrF {zero['chrf']:.2f} on {len(test)}")
+        log(f"zero-shot: {_error_rates(zero)}ROUGE-L {zero['rougeL']:.2f}  BLEU {zero['bleu']:.2f}  chrF {zero['chrf']:.2f} on {len(test)}")
         return zero
 
     def test(self, cfg, test, *, progress, log):
         if not test:
             return {}
         m = self.model.evaluate(test, progress=progress)
-        log(f"test: ROUGE-1 {m['rouge1']:.2f}  ROUGE-2 {m['rouge2']:.2f}  ROUGE-L {m['rougeL']:.2f}  "
+        log(f"test: {_error_rates(m)}ROUGE-1 {m['rouge1']:.2f}  ROUGE-2 {m['rouge2']:.2f}  ROUGE-L {m['rougeL']:.2f}  "
             f"BLEU {m['bleu']:.2f}  chrF {m['chrf']:.2f}  {m['tokens_per_second']:.1f} tokens/s on {len(test)}")
         return m
 
@@ -184,9 +184,14 @@ class GenerationTask(Task):
 
     @classmethod
     def summary(cls, m):
-        return (f"ROUGE-1 {m['rouge1']:.2f}  ROUGE-2 {m['rouge2']:.2f}  ROUGE-L {m['rougeL']:.2f}  BLEU {m['bleu']:.2f}  "
+        return (f"{_error_rates(m)}ROUGE-1 {m['rouge1']:.2f}  ROUGE-2 {m['rouge2']:.2f}  ROUGE-L {m['rougeL']:.2f}  BLEU {m['bleu']:.2f}  "
                 f"chrF {m['chrf']:.2f}  {m['tokens_per_second'] or 0:.1f} tokens/s")
 
     @classmethod
     def eval_lines(cls, m):
         return [f"n={m['n']}  {cls.summary(m)}"]
+
+
+def _error_rates(m: dict) -> str:
+    """"WER 0.312  CER 0.180  " for a speech recognition run's metrics, else nothing."""
+    return f"WER {m['wer']:.3f}  CER {m['cer']:.3f}  " if m.get("wer") is not None else ""
