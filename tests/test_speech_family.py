@@ -244,3 +244,33 @@ def test_methods_that_train_weights_work_on_the_speech_family(whisper, method, t
     assert not torch.allclose(before, after, atol=1e-4)  # the trained weights (encoder ones included) are in effect
     back = PromptModel.from_pretrained(pm.save_pretrained(tmp_path / "art"))
     assert torch.allclose(back.predict_log_probs(CLIPS), after, atol=1e-5)
+
+
+def test_the_cli_trains_evaluates_and_predicts_on_audio_files(whisper, tmp_path, monkeypatch, capsys, audio_libraries):
+    import json
+
+    import soundfile
+    import yaml
+
+    from conftest import run_cli
+
+    rng = np.random.default_rng(1)
+    lines = []
+    for i in range(12):
+        low = i % 2 == 0
+        path = tmp_path / f"clip{i}.flac"
+        soundfile.write(str(path), tone(rng.uniform(200, 500) if low else rng.uniform(2000, 3000), 0.5), SR)
+        lines.append(json.dumps({"audio": str(path), "label": "low" if low else "high"}))
+    (tmp_path / "clips.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = {"model": {"name": str(whisper)}, "prompt": {"template": "{audio}{soft*2} It is{mask}", "verbalizer": {"low": " low", "high": " high"}},
+           "method": {"name": "soft-prompt"}, "data": {"train": str(tmp_path / "clips.jsonl"), "test": str(tmp_path / "clips.jsonl"),
+                                                       "shots_per_class": 4, "dev_size": 2}, "train": {"max_steps": 2}, "output": str(tmp_path / "out")}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    code, out, err = run_cli(monkeypatch, capsys, "train", tmp_path / "run.yaml", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["n"] == 12 and 0 <= res["accuracy"] <= 1 and res["trainable_parameters"] == 2 * 32
+    code, out, err = run_cli(monkeypatch, capsys, "predict", tmp_path / "out", "--input", tmp_path / "clips.jsonl", "--json")
+    assert code == 0, err
+    answers = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert len(answers) == 12 and all(a["label"] in ("low", "high") for a in answers)
