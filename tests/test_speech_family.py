@@ -213,6 +213,13 @@ def test_bad_audio_is_refused_with_what_and_where(value, what, audio_libraries):
     assert e.value.where == "audio 3" and e.value.fix
 
 
+def test_a_clip_longer_than_whisper_hears_is_refused_not_cut(backbone):
+    pm = PromptModel(backbone, "{audio} It is{mask}.", WORDS, method="zero-shot")
+    with pytest.raises(DataError, match="31.0 s long") as e:
+        pm.predict([{"audio": tone(300, 31.0)}])
+    assert "30 s" in e.value.fix
+
+
 def test_a_speech_template_needs_exactly_one_audio_field(backbone):
     for bad in ["Review: {text} {mask}", "{audio}{audio} {mask}"]:
         with pytest.raises(TemplateError, match="audio"):

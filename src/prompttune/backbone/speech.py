@@ -147,6 +147,11 @@ class SpeechSeq2Seq(CausalLM):
     def features(self, audios: list, where: str = "audio") -> torch.Tensor:
         """(n, mels, frames) log-mel features of each clip, padded to Whisper's 30 s window."""
         waves = [read_audio(a, f"{where} {i + 1}") for i, a in enumerate(audios)]
+        window = getattr(self.feature_extractor, "n_samples", 30 * SAMPLE_RATE)
+        for i, w in enumerate(waves):
+            if len(w) > window:  # the feature extractor would cut it silently
+                raise DataError(f"the clip is {len(w) / SAMPLE_RATE:.1f} s long; Whisper hears {window / SAMPLE_RATE:.0f} s at a time",
+                                where=f"{where} {i + 1}", fix=f"cut it into clips of at most {window / SAMPLE_RATE:.0f} s")
         return self.feature_extractor(waves, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
 
     def _with_features(self, rendered, rows):
