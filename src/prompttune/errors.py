@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
 
 class PromptTuneError(Exception):
     """An error caused by user input (config, template, data, artifact).
@@ -55,3 +57,26 @@ def validation_summary(e) -> str:
         msg = " ".join(str(err.get("msg", "")).split())
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts) or " ".join(str(e).split())
+
+
+def check_text(value: str, where: str, *, error: type = TemplateError) -> None:
+    """Refuse text a tokenizer cannot encode: a lone surrogate (``\\ud800``..``\\udfff``, e.g. from an unpaired JSON
+    escape or a command-line byte that is not UTF-8) is not valid Unicode."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise error(f"a lone surrogate ({value[e.start]!r} at character {e.start}) is not valid Unicode text", where=where,
+                    fix="send valid UTF-8 text: drop or replace that character (a JSON \\ud800-\\udfff escape must be "
+                        "one half of a high + low pair)") from None
+
+
+def check_input_texts(x, where: str, *, error: type = TemplateError) -> None:
+    """:func:`check_text` on an input: a string, or every value and key of an object of fields."""
+    if isinstance(x, str):
+        check_text(x, where, error=error)
+    elif isinstance(x, Mapping):
+        for k, v in x.items():
+            if isinstance(k, str):
+                check_text(k, f"{where}, a field name", error=error)
+            if isinstance(v, str):
+                check_text(v, f"{where}, field {k!r}", error=error)

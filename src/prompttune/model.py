@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .backbone import Backbone, Rows
-from .errors import ArtifactError, ConfigError
+from .errors import ArtifactError, ConfigError, check_input_texts
 from .methods import Method, make_method
 from .progress import progress_bar
 from .schemas import DEFAULT_METHOD
@@ -102,8 +102,6 @@ class Tunable:
     def _as_row(self, x, index: int | None = None) -> dict:
         """An input as a template row: a plain string fills a one-field template. ``index``: its place among the
         inputs, named in errors."""
-        from .template import check_input_texts
-
         where = "predict input" if index is None else f"input {index}"
         check_input_texts(x, where)
         if isinstance(x, Mapping):

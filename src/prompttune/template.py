@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence, Union
 
-from .errors import TemplateError
+from .errors import TemplateError, check_text
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*\Z")
 _SOFT = re.compile(r"soft(?:#(?P<name>[A-Za-z0-9_\-]+))?(?:\*(?P<count>[0-9]+))?(?::(?P<init>.*))?\Z", re.S)
@@ -426,29 +426,6 @@ class Renderer:
         if self.audio_ids is not None:
             out.audio = example[AUDIO_FIELD]
         return out
-
-
-def check_text(value: str, where: str, *, error: type = TemplateError) -> None:
-    """Refuse text a tokenizer cannot encode: a lone surrogate (``\\ud800``..``\\udfff``, e.g. from an unpaired JSON
-    escape or a command-line byte that is not UTF-8) is not valid Unicode."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise error(f"a lone surrogate ({value[e.start]!r} at character {e.start}) is not valid Unicode text", where=where,
-                    fix="send valid UTF-8 text: drop or replace that character (a JSON \\ud800-\\udfff escape must be "
-                        "one half of a high + low pair)") from None
-
-
-def check_input_texts(x, where: str, *, error: type = TemplateError) -> None:
-    """:func:`check_text` on an input: a string, or every value and key of an object of fields."""
-    if isinstance(x, str):
-        check_text(x, where, error=error)
-    elif isinstance(x, Mapping):
-        for k, v in x.items():
-            if isinstance(k, str):
-                check_text(k, f"{where}, a field name", error=error)
-            if isinstance(v, str):
-                check_text(v, f"{where}, field {k!r}", error=error)
 
 
 def special_tokens_around(tokenizer) -> tuple[list[int], list[int]]:

@@ -31,14 +31,37 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.speech import SAMPLE_RATE, audio_libraries
 from ..errors import DataError, TemplateError
 from ..template import AUDIO_FIELD, Field, Text
 from .causal import CausalLM
 from .rows import GenBatch
 
-SAMPLE_RATE = 16000
 SILENCE = np.zeros(SAMPLE_RATE, dtype=np.float32)  # one second: the content-free clip of calibration
-ENCODER_CACHE_BYTES = 512 << 20
+CACHE_BYTES = 256 << 20  # each of the two per-clip caches (log-mel features, encoder outputs)
+
+
+class _ClipCache:
+    """Tensors per key, least recently used dropped first once they pass ``CACHE_BYTES``."""
+
+    def __init__(self):
+        self.items: OrderedDict = OrderedDict()
+        self.bytes = 0
+
+    def get(self, key):
+        hit = self.items.get(key)
+        if hit is not None:
+            self.items.move_to_end(key)
+        return hit
+
+    def put(self, key, value: torch.Tensor) -> None:
+        if key in self.items:
+            return
+        self.items[key] = value
+        self.bytes += value.numel() * value.element_size()
+        while self.bytes > CACHE_BYTES and len(self.items) > 1:
+            _, old = self.items.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
 
 
 def read_audio(value, where: str) -> np.ndarray:
@@ -49,8 +72,6 @@ def read_audio(value, where: str) -> np.ndarray:
         rate = int(value.get("sampling_rate") or SAMPLE_RATE)
         value = value["array"] if value.get("array") is not None else value.get("path")
     if isinstance(value, (str, Path)):
-        from ..data.speech import audio_libraries
-
         soundfile, _ = audio_libraries()
         path = Path(value).expanduser()
         if not path.is_file():
@@ -74,8 +95,6 @@ def read_audio(value, where: str) -> np.ndarray:
             raise DataError(f"the audio array has shape {list(data.shape)}{'' if data.size else ' (empty)'} or values that are "
                             "not finite", where=where, fix="give a 1-D array of finite samples (mono, 16 kHz)")
     if rate != SAMPLE_RATE:
-        from ..data.speech import audio_libraries
-
         _, soxr = audio_libraries()
         data = soxr.resample(data, rate, SAMPLE_RATE).astype(np.float32)
     return data
@@ -112,7 +131,7 @@ class SpeechSeq2Seq(CausalLM):
         vocab = tokenizer.get_vocab()
         self.sot_id = vocab.get("<|startoftranscript|>", model.config.decoder_start_token_id)
         self.prev_id = vocab.get("<|startofprev|>")
-        self._encoded: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._features, self._encoded = _ClipCache(), _ClipCache()
 
     # ---- the prompt --------------------------------------------------------------------------
     def start_of_transcript(self) -> list[int]:
@@ -144,20 +163,29 @@ class SpeechSeq2Seq(CausalLM):
         return SILENCE
 
     # ---- the encoder -------------------------------------------------------------------------
-    def features(self, audios: list, where: str = "audio") -> torch.Tensor:
-        """(n, mels, frames) log-mel features of each clip, padded to Whisper's 30 s window."""
-        waves = [read_audio(a, f"{where} {i + 1}") for i, a in enumerate(audios)]
+    def features(self, audios: list, keys: list[str] | None = None, where: str = "audio") -> torch.Tensor:
+        """(n, mels, frames) log-mel features of each clip, padded to Whisper's 30 s window; with ``keys``, a clip
+        seen before is neither read nor transformed again."""
+        keys = keys or [None] * len(audios)
+        got = [None if k is None else self._features.get(k) for k in keys]
+        todo = [i for i, g in enumerate(got) if g is None]
+        waves = [read_audio(audios[i], f"{where} {i + 1}") for i in todo]
         window = getattr(self.feature_extractor, "n_samples", 30 * SAMPLE_RATE)
-        for i, w in enumerate(waves):
+        for i, w in zip(todo, waves):
             if len(w) > window:  # the feature extractor would cut it silently
                 raise DataError(f"the clip is {len(w) / SAMPLE_RATE:.1f} s long; Whisper hears {window / SAMPLE_RATE:.0f} s at a time",
                                 where=f"{where} {i + 1}", fix=f"cut it into clips of at most {window / SAMPLE_RATE:.0f} s")
-        return self.feature_extractor(waves, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        if waves:
+            for i, f in zip(todo, self.feature_extractor(waves, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features):
+                got[i] = f
+                if keys[i] is not None:
+                    self._features.put(keys[i], f)
+        return torch.stack(got)
 
     def _with_features(self, rendered, rows):
         audios = [r.audio for r in rendered]
-        rows.input_features = self.features(audios)
         rows.audio_keys = [_audio_key(a) for a in audios]
+        rows.input_features = self.features(audios, rows.audio_keys)
         return rows
 
     def encode(self, features: torch.Tensor, keys: list[str] | None = None) -> torch.Tensor:
@@ -169,18 +197,13 @@ class SpeechSeq2Seq(CausalLM):
         if keys is None or not frozen:
             return encoder(input_features=features.to(params[0].dtype)).last_hidden_state
         stamp = hash(tuple((id(p), p._version) for p in params))  # an optimizer step or a new adapter changes it
-        todo = [i for i, k in enumerate(keys) if (stamp, k) not in self._encoded]
+        got = [self._encoded.get((stamp, k)) for k in keys]
+        todo = [i for i, g in enumerate(got) if g is None]
         if todo:
-            out = encoder(input_features=features[todo].to(params[0].dtype)).last_hidden_state
-            for j, i in enumerate(todo):
-                self._encoded[(stamp, keys[i])] = out[j].detach()
-        hidden = torch.stack([self._encoded[(stamp, k)] for k in keys])
-        for k in keys:
-            self._encoded.move_to_end((stamp, k))
-        per = hidden[0].numel() * hidden.element_size()
-        while len(self._encoded) > max(len(keys), ENCODER_CACHE_BYTES // max(per, 1)):
-            self._encoded.popitem(last=False)
-        return hidden
+            for i, h in zip(todo, encoder(input_features=features[todo].to(params[0].dtype)).last_hidden_state.detach()):
+                got[i] = h
+                self._encoded.put((stamp, keys[i]), h)
+        return torch.stack(got)
 
     def _encoder_states(self, inputs: dict, rows) -> torch.Tensor:
         feats = inputs["input_features"]

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Mapping
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, check_input_texts
 
 Row = dict[str, str]  # every value a str; the label, if any, under "label"
 
@@ -163,8 +163,6 @@ def _json_row(obj: object, where: str, mapping: Mapping[str, str], label_column:
         raise DataError(f"expected a JSON object, got {type(obj).__name__ if obj is not None else 'null'}",
                         where=where, fix=hint)
     raw = {k: s for k, v in obj.items() if (s := value_text(v)) is not None}
-    from ..template import check_input_texts
-
     check_input_texts(raw, where, error=DataError)  # a JSON \ud800 escape decodes to a lone surrogate
     return shape_row(raw, mapping, label_column, require_label, where)
 

@@ -31,7 +31,7 @@ import math
 import threading
 import time
 
-from ..errors import ArtifactError, PromptTuneError
+from ..errors import ArtifactError, PromptTuneError, check_input_texts
 from .engine import (BATCH_BUCKETS, OverloadedError, ServeEngine, TaskConflictError, UnknownTaskError, UnsupportedError)
 from .schemas import (AddTaskRequest, ErrorBody, GenerateRequest, GenerateResponse, Generated, MixedRequest, MixedResponse,
                       MixedResult, PredictRequest, Prediction, PredictResponse)
@@ -94,8 +94,6 @@ def _is_json(content_type: str) -> bool:
 def _check_texts(items: list, path: str, *, listed: bool = True) -> None:
     """Text fields that are not valid Unicode (lone surrogates) fail here, naming where in the body they are
     (``inputs[3]``; ``input`` or ``requests[2].input`` for a single input, ``listed=False``)."""
-    from ..template import check_input_texts
-
     for i, x in enumerate(items):
         check_input_texts(x, f"{path}[{i}]" if listed else path)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
-from ..errors import ArtifactError, TemplateError
+from ..errors import ArtifactError, TemplateError, check_input_texts
 from .errors import TaskConflictError, UnsupportedError
 
 if TYPE_CHECKING:
@@ -76,8 +76,6 @@ class ServedTask:
     def as_row(self, x, index: int | None = None) -> dict:
         """One input (an object with the template's fields, or a bare string for a one-field template) as a row.
         ``index``: its place in the request, named in errors."""
-        from ..template import check_input_texts
-
         check_input_texts(x, "input" if index is None else f"inputs[{index}]")
         if isinstance(x, Mapping):
             missing = [f for f in self.fields if f not in x]
