@@ -1,28 +1,31 @@
-"""Load test of `prompttune serve`: mixed traffic over 4 tasks against a server on 127.0.0.1.
+"""Load test of `prompttune serve`: mixed traffic over 4 tasks against a server on 127.0.0.1, repeated.
 
-Four servers are started in turn (uvicorn, in this process, on a free port) with the same four soft-prompt
-tasks on the same backbone, and the same request stream (one input per request, tasks interleaved, sent by
-``--concurrency`` client threads over HTTP) is replayed against each:
+Four servers are started (uvicorn, in this process, each on a free port) with the same four soft-prompt tasks on
+the same backbone, and warmed up (not counted). The same request stream (one input per request, tasks interleaved)
+is then replayed against each by a load generator in its own process (`load_client.py`, ``--concurrency``
+client threads over HTTP), ``--repeats`` times, every contender once per repeat with the order rotated:
 
   - engine:          ServeEngine, requests of all tasks batched together (--max-batch, --max-wait-ms), prompt cache on
   - engine-no-cache: the same without the per-task prompt cache
+  - engine-no-length-cut: the engine running each batch as one forward, however mixed its lengths
   - one-at-a-time:   ServeEngine with max_batch 1 and no cache (each request is its own forward pass)
   - peft-switching:  PEFT's way: one PeftModel holding a prompt-tuning adapter per task; each request takes a lock,
                      calls set_adapter(task) and runs alone (PEFT's prompt methods cannot mix adapters in a batch)
+  - floor:           no server: each task's own model scores its share of the stream in length-sorted batches of
+                     --max-batch, in this process: the limit a server can approach
 
-With --generate the four tasks are generation tasks (headline, English->German, English->Chinese, a one-line
-summary), every request asks for --max-new-tokens greedy tokens on POST /v1/tasks/{task}/generate, and three
-servers are compared: engine (requests of all tasks in one generate() call), one-at-a-time, and peft-switching
-(set_adapter + PeftModel.generate per request); the texts are compared with one-at-a-time's.
+Every ratio is taken per repeat (the two runs minutes apart at most) and reported as median and spread. With
+--generate the four tasks are generation tasks (headline, English->German, English->Chinese, a one-line summary),
+every request asks for --max-new-tokens greedy tokens on POST /v1/tasks/{task}/generate; the texts are compared
+with one-at-a-time's.
 
-All servers of a run answer the same route (POST /v1/tasks/{task}/predict, or .../generate). The PEFT adapters hold the very same soft rows
-as the artifacts (prefix placement, 8 tokens), so the answers are compared too. Bounded: --requests per
-server and --time-limit seconds per server. SmolLM2 runs must hold the heavy-run lock:
+The PEFT adapters hold the very same soft rows as the artifacts (prefix placement, 8 tokens), so the answers are
+compared too. SmolLM2 runs must hold the heavy-run lock:
 
-    flock /tmp/prompttune-heavy.lock .venv/bin/python benchmarks/serve_load.py --requests 192 \\
+    flock /tmp/prompttune-heavy.lock .venv/bin/python benchmarks/serve_load.py --requests 192 --repeats 5 \\
         --json benchmarks/results/serve_load.json --md benchmarks/results/serve_load.md
-    .venv/bin/python benchmarks/serve_load.py --tiny --requests 128        # a random 2-layer model, seconds
-    flock /tmp/prompttune-heavy.lock .venv/bin/python benchmarks/serve_load.py --generate --requests 64 \
+    .venv/bin/python benchmarks/serve_load.py --tiny --requests 64 --repeats 2     # a random 2-layer model, seconds
+    flock /tmp/prompttune-heavy.lock .venv/bin/python benchmarks/serve_load.py --generate --requests 48 --repeats 3 \\
         --json benchmarks/results/serve_load_generate.json --md benchmarks/results/serve_load_generate.md
 """
 
@@ -33,6 +36,8 @@ import json
 import os
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -214,55 +219,49 @@ def _run_server(app):
     return server, th, server.servers[0].sockets[0].getsockname()[1]
 
 
-def _load(port: int, stream, concurrency: int, time_limit: float, generate: int = 0) -> dict:
-    import httpx
+def _client(port: int, stream, concurrency: int, time_limit: float, generate: int = 0) -> dict:
+    """Replay ``stream`` against the server from a separate process (load_client.py); its measurements."""
+    with tempfile.TemporaryDirectory() as d:
+        src, out = Path(d, "stream.json"), Path(d, "result.json")
+        src.write_text(json.dumps(stream))
+        subprocess.run([sys.executable, str(Path(__file__).with_name("load_client.py")), "--port", str(port), "--stream", str(src),
+                        "--concurrency", str(concurrency), "--time-limit", str(time_limit), "--generate", str(generate),
+                        "--out", str(out)], check=True)
+        return json.loads(out.read_text())
 
-    lat: list[float] = [None] * len(stream)  # type: ignore[list-item]
+
+def _floor(models: dict, stream, batch_size: int, generate: int) -> dict:
+    """The limit a server approaches: the same inputs scored (or generated) by each task's own model in
+    length-sorted batches of ``batch_size``, in this process, with no server, queue or HTTP."""
     answers: list = [None] * len(stream)
-    errors: list[str] = []
-    nxt = iter(range(len(stream)))
-    lock = threading.Lock()
     t0 = time.perf_counter()
-
-    def worker():
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as c:
-            while time.perf_counter() - t0 < time_limit:
-                with lock:
-                    i = next(nxt, None)
-                if i is None:
-                    return
-                task, text = stream[i]
-                s = time.perf_counter()
-                if generate:
-                    r = c.post(f"/v1/tasks/{task}/generate", json={"input": text, "max_new_tokens": generate})
-                else:
-                    r = c.post(f"/v1/tasks/{task}/predict", json={"input": text})
-                if r.status_code == 200:
-                    lat[i] = time.perf_counter() - s  # only answered requests count
-                    answers[i] = r.json()["outputs" if generate else "predictions"][0]
-                else:
-                    errors.append(f"{r.status_code} {r.text[:200]}")
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    for name, m in models.items():
+        idx = [i for i, (t, _) in enumerate(stream) if t == name]
+        if not idx:
+            continue
+        if generate:
+            texts = m.generate([stream[i][1] for i in idx], max_new_tokens=generate, batch_size=batch_size)
+            for i, text in zip(idx, texts):
+                answers[i] = {"text": text}
+        else:
+            lp = m.predict_log_probs([{"text": stream[i][1]} for i in idx], batch_size=batch_size)
+            for i, row in zip(idx, lp.exp().tolist()):
+                answers[i] = {"label": m.labels[max(range(len(row)), key=row.__getitem__)], "probabilities": dict(zip(m.labels, row))}
     wall = time.perf_counter() - t0
-    done = [x for x in lat if x is not None]
-    if not done:
-        raise SystemExit(f"no request was answered; first error: {errors[0] if errors else 'none (time limit)'}")
-    qs = statistics.quantiles(done, n=100) if len(done) >= 2 else [done[0]] * 99
-    return {"completed": len(done), "errors": len(errors), "first_error": errors[0] if errors else None, "seconds": wall,
-            "requests_per_second": len(done) / wall, "p50_ms": 1000 * statistics.median(done), "p99_ms": 1000 * qs[98],
-            "mean_ms": 1000 * statistics.fmean(done), "_answers": answers}
+    return {"completed": len(stream), "errors": 0, "seconds": wall, "requests_per_second": len(stream) / wall,
+            "answers": answers}
+
+
+def _spread(xs: list[float]) -> dict:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": xs}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--tiny", action="store_true", help="a random 2-layer Llama with SmolLM2's vocabulary (smoke test)")
-    ap.add_argument("--requests", type=int, default=192, help="requests per server")
+    ap.add_argument("--requests", type=int, default=192, help="requests per server and repeat")
+    ap.add_argument("--repeats", type=int, default=5, help="runs of every contender, interleaved")
     ap.add_argument("--concurrency", type=int, default=16, help="client threads")
     ap.add_argument("--time-limit", type=float, default=180.0, help="seconds per server at most")
     ap.add_argument("--max-batch", type=int, default=32)
@@ -279,6 +278,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     import copy
 
+    from prompttune import load
     from prompttune.serve import ServeEngine
     from prompttune.serve.app import create_app
 
@@ -286,86 +286,125 @@ def main() -> None:
     gen = args.max_new_tokens if args.generate else 0
     tasks = GEN_TASKS if gen else TASKS
     stream = _texts(args.requests, args.seed, tasks)
+    warm = _texts(min(16, args.requests), args.seed + 1, tasks)
     tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
     arts = _generation_artifacts(bb, tmp) if gen else _artifacts(bb, tmp)
     modes = {
         "engine": dict(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, prefix_cache=True),
         "engine-no-cache": dict(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, prefix_cache=False),
+        "engine-no-length-cut": dict(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, prefix_cache=True, forward_overhead_tokens=0),
         "one-at-a-time": dict(max_batch=1, max_wait_ms=0, prefix_cache=False),
     }
-    if gen:  # the prompt cache serves classification only
-        del modes["engine-no-cache"]
-    results: dict[str, dict] = {}
+    if gen:  # generation batches are not cut by length
+        del modes["engine-no-length-cut"]
+    # Every server is started once and warmed up (not counted); then each repeat runs every contender once, the
+    # order rotated per repeat, so slow drift of the machine falls on all of them alike.
+    servers, engines = {}, {}
     for mode, kw in list(modes.items()) + [("peft-switching", None)]:
-        engine = None
         if kw is None:
             peft_bb = copy.deepcopy(bb)
             app = _peft_generate_app(peft_bb, arts, gen) if gen else _peft_app(peft_bb, arts)
         else:
-            engine = ServeEngine(bb, max_queue=max(1024, args.requests), **kw)
+            engine = engines[mode] = ServeEngine(bb, max_queue=max(1024, args.requests), **kw)
             for name, d in arts.items():
                 engine.add(d, name=name)
             app = create_app(engine, max_inputs=args.requests)
-        server, th, port = _run_server(app)
-        _load(port, stream[: min(16, len(stream))], min(4, args.concurrency), 60 + 10 * gen, gen)  # warm-up (not counted)
-        if engine is not None:
-            engine.stats.__init__()
-        res = _load(port, stream, args.concurrency, args.time_limit, gen)
+        servers[mode] = _run_server(app)
+        _client(servers[mode][2], warm, min(4, args.concurrency), 120, gen)
+    floor_models = {name: load(d, backbone=bb) for name, d in arts.items()}
+    _floor(floor_models, warm, args.max_batch, gen)
+    contenders = list(servers) + ["floor"]
+    runs: dict[str, list[dict]] = {m: [] for m in contenders}
+    for rep in range(args.repeats):
+        order = contenders[rep % len(contenders):] + contenders[:rep % len(contenders)]
+        for mode in order:
+            if mode == "floor":
+                res = _floor(floor_models, stream, args.max_batch, gen)
+            else:
+                if mode in engines:
+                    engines[mode].stats.__init__()
+                res = _client(servers[mode][2], stream, args.concurrency, args.time_limit, gen)
+                if mode in engines:
+                    st = engines[mode].stats.snapshot()
+                    total = st["tokens_computed"] + st["prefix_tokens_reused"]
+                    res.update(mean_batch=st["batch_inputs"] / max(st["batches"], 1), forward_passes=st["forwards"],
+                               tokens_computed=st["tokens_computed"],
+                               prefix_tokens_reused_share=st["prefix_tokens_reused"] / total if total else 0.0)
+            runs[mode].append(res)
+            print(f"repeat {rep + 1}/{args.repeats} {mode:>16}: {res['completed']} requests in {res['seconds']:.1f} s, "
+                  f"{res['requests_per_second']:.2f} req/s" + (f", p50 {res['p50_ms']:.0f} ms" if "p50_ms" in res else "")
+                  + (f", mean batch {res['mean_batch']:.1f}" if "mean_batch" in res else ""), flush=True)
+    for mode, (server, th, _) in servers.items():
         server.should_exit = True
         th.join(30)
-        if engine is not None:
-            s = engine.stats.snapshot()
-            res["mean_batch"] = s["batch_inputs"] / max(s["batches"], 1)
-            res["forward_passes"] = s["forwards"]
-            total = s["tokens_computed"] + s["prefix_tokens_reused"]
-            res["prefix_tokens_reused_share"] = s["prefix_tokens_reused"] / total if total else 0.0
-            res["tokens_computed"] = s["tokens_computed"]
-            engine.close()
-        results[mode] = res
-        print(f"{mode:>16}: {res['completed']} requests in {res['seconds']:.1f} s, {res['requests_per_second']:.1f} req/s, "
-              f"p50 {res['p50_ms']:.0f} ms, p99 {res['p99_ms']:.0f} ms" + (f", mean batch {res['mean_batch']:.1f}" if "mean_batch" in res else ""),
-              flush=True)
+    for engine in engines.values():
+        engine.close()
 
-    ref = results["one-at-a-time"]["_answers"]
-    for mode, res in results.items():
-        pairs = [(a, b) for a, b in zip(res.pop("_answers"), ref) if a is not None and b is not None]
+    ref = runs["one-at-a-time"][0]["answers"]
+    results: dict[str, dict] = {}
+    for mode, rs in runs.items():
+        res = {"requests_per_second": _spread([r["requests_per_second"] for r in rs]), "completed": sum(r["completed"] for r in rs),
+               "errors": sum(r["errors"] for r in rs)}
+        for key in ("p50_ms", "p99_ms", "mean_batch", "prefix_tokens_reused_share"):
+            if key in rs[0]:
+                res[key] = _spread([r[key] for r in rs])
+        pairs = [(a, b) for r in rs for a, b in zip(r["answers"], ref) if a is not None and b is not None]
         if gen:
             res["same_as_one_at_a_time"] = sum(a["text"] == b["text"] for a, b in pairs) / max(len(pairs), 1)
-            continue
-        res["same_as_one_at_a_time"] = sum(a["label"] == b["label"] for a, b in pairs) / max(len(pairs), 1)
-        res["max_probability_difference"] = max((abs(a["probabilities"][k] - b["probabilities"][k]) for a, b in pairs for k in a["probabilities"]), default=0.0)
-    e, one, peft = results["engine"], results["one-at-a-time"], results["peft-switching"]
+        else:
+            res["same_as_one_at_a_time"] = sum(a["label"] == b["label"] for a, b in pairs) / max(len(pairs), 1)
+            res["max_probability_difference"] = max((abs(a["probabilities"][k] - b["probabilities"][k]) for a, b in pairs
+                                                     for k in a["probabilities"]), default=0.0)
+        results[mode] = res
+
+    def ratio(a: str, b: str, key: str = "requests_per_second", invert: bool = False) -> dict:
+        """Per repeat (the two runs of a pair are minutes apart at most), then median and spread."""
+        xs = [(y[key] / x[key]) if invert else (x[key] / y[key]) for x, y in zip(runs[a], runs[b])]
+        return _spread(xs)
+
     ratios = {
-        "throughput_engine_vs_one_at_a_time": e["requests_per_second"] / one["requests_per_second"],
-        "throughput_engine_vs_peft_switching": e["requests_per_second"] / peft["requests_per_second"],
-        "p50_one_at_a_time_over_engine": one["p50_ms"] / e["p50_ms"],
-        "p99_one_at_a_time_over_engine": one["p99_ms"] / e["p99_ms"],
-        "p50_peft_switching_over_engine": peft["p50_ms"] / e["p50_ms"],
-        "p99_peft_switching_over_engine": peft["p99_ms"] / e["p99_ms"],
+        "throughput_engine_vs_one_at_a_time": ratio("engine", "one-at-a-time"),
+        "throughput_engine_vs_peft_switching": ratio("engine", "peft-switching"),
+        "throughput_engine_vs_engine_no_cache": ratio("engine", "engine-no-cache"),
+        "throughput_engine_vs_floor": ratio("engine", "floor"),
+        "throughput_engine_no_cache_vs_floor": ratio("engine-no-cache", "floor"),  # the same computation as the floor
+        "p50_one_at_a_time_over_engine": ratio("engine", "one-at-a-time", "p50_ms", invert=True),
+        "p50_peft_switching_over_engine": ratio("engine", "peft-switching", "p50_ms", invert=True),
     }
-    if "engine-no-cache" in results:
-        ratios["throughput_engine_vs_engine_no_cache"] = e["requests_per_second"] / results["engine-no-cache"]["requests_per_second"]
-    record = {"model": bb.name, "tasks": list(tasks), "operation": "generate" if gen else "predict", "max_new_tokens": gen or None, "soft_tokens": NUM_TOKENS, "requests": args.requests,
-              "concurrency": args.concurrency, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
-              "torch_threads": torch.get_num_threads(),
+    if "engine-no-length-cut" in runs:
+        ratios["throughput_engine_vs_engine_no_length_cut"] = ratio("engine", "engine-no-length-cut")
+    record = {"model": bb.name, "tasks": list(tasks), "operation": "generate" if gen else "predict", "max_new_tokens": gen or None,
+              "soft_tokens": NUM_TOKENS, "requests": args.requests, "repeats": args.repeats, "concurrency": args.concurrency,
+              "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "torch_threads": torch.get_num_threads(),
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "results": results, "ratios": ratios}
-    print(json.dumps(ratios, indent=2))
+    print(json.dumps({k: round(v["median"], 3) for k, v in ratios.items()}, indent=2))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     if args.md:
-        what = f"generation ({gen} greedy tokens per request)" if gen else "classification"
-        lines = [f"# Serving load test: {bb.name}, 4 {what} tasks, {args.requests} requests, {args.concurrency} clients", "",
-                 f"Server on 127.0.0.1, one input per request, tasks interleaved; max batch {args.max_batch}, max wait {args.max_wait_ms} ms; "
-                 f"{torch.get_num_threads()} torch threads. `benchmarks/serve_load.py{' --generate' if gen else ''}`.", "",
-                 f"| server | req/s | p50 ms | p99 ms | mean batch | prompt tokens reused | same {'text' if gen else 'label'} as one-at-a-time |",
-                 "|---|---|---|---|---|---|---|"]
-        for mode, r in results.items():
-            lines.append(f"| {mode} | {r['requests_per_second']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
-                         f"{r.get('mean_batch', 1.0):.1f} | {100 * r.get('prefix_tokens_reused_share', 0.0):.0f}% | "
-                         f"{100 * r['same_as_one_at_a_time']:.1f}% |")
-        lines += ["", "| ratio | value |", "|---|---|"] + [f"| {k} | {v:.2f} |" for k, v in ratios.items()]
-        Path(args.md).write_text("\n".join(lines) + "\n")
+        Path(args.md).write_text(_markdown(record))
+
+
+def _markdown(record: dict) -> str:
+    gen = record["max_new_tokens"]
+    what = f"generation ({gen} greedy tokens per request)" if gen else "classification"
+    med = lambda d: f"{d['median']:.2f} ({d['min']:.2f}-{d['max']:.2f})"  # noqa: E731
+    lines = [f"# Serving load test: {record['model']}, 4 {what} tasks, {record['requests']} requests x {record['repeats']} repeats, "
+             f"{record['concurrency']} clients", "",
+             f"Server on 127.0.0.1, one input per request, tasks interleaved, the load generator in its own process; max batch "
+             f"{record['max_batch']}, max wait {record['max_wait_ms']} ms; {record['torch_threads']} torch threads. Every contender once "
+             "per repeat, the order rotated; median (min-max) over the repeats; the floor scores the same inputs with each task's "
+             f"own model in length-sorted batches of {record['max_batch']}, no server. `benchmarks/serve_load.py{' --generate' if gen else ''}`.", "",
+             f"| contender | req/s | p50 ms | mean batch | prompt tokens reused | same {'text' if gen else 'label'} as one-at-a-time |",
+             "|---|---|---|---|---|---|"]
+    for mode, r in record["results"].items():
+        p50 = f"{r['p50_ms']['median']:.0f}" if "p50_ms" in r else "-"
+        batch = f"{r['mean_batch']['median']:.1f}" if "mean_batch" in r else ("1" if mode in ("one-at-a-time", "peft-switching") else "-")
+        reuse = f"{100 * r['prefix_tokens_reused_share']['median']:.0f}%" if "prefix_tokens_reused_share" in r else "-"
+        lines.append(f"| {mode} | {med(r['requests_per_second'])} | {p50} | {batch} | {reuse} | {100 * r['same_as_one_at_a_time']:.1f}% |")
+    lines += ["", "| ratio (per repeat) | median (min-max) | runs |", "|---|---|---|"]
+    lines += [f"| {k} | {med(v)} | {', '.join(f'{x:.2f}' for x in v['runs'])} |" for k, v in record["ratios"].items()]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

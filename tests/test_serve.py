@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 
@@ -48,6 +49,7 @@ def artifacts(saved_tiny, tmp_path_factory):
 
 
 def _engine(model_dir, arts, **kw) -> ServeEngine:
+    kw.setdefault("prompt_cache_min_tokens", 1)  # the tiny tasks' prompts are shorter than the break-even: cache them anyway
     eng = ServeEngine(Backbone.load(model_dir), **kw)
     for name, d in arts.items():
         eng.add(d, name=name)
@@ -124,6 +126,49 @@ def test_prompt_cache_gives_the_same_scores_and_skips_the_prompt_tokens(saved_ti
     s_on, s_off = on.stats.snapshot(), off.stats.snapshot()
     assert s_on["prefix_tokens_reused"] > 0 and s_off["prefix_tokens_reused"] == 0
     assert s_on["tokens_computed"] + s_on["prefix_tokens_reused"] == s_off["tokens_computed"]
+
+
+def test_a_shared_prompt_shorter_than_the_break_even_is_not_cached(saved_tiny, artifacts):
+    eng = ServeEngine(Backbone.load(saved_tiny("llama")), start=False)  # the default prompt_cache_min_tokens
+    for name, d in artifacts.items():
+        eng.add(d, name=name)
+    cached = {n: t.describe()["cached_prefix_tokens"] for n, t in eng.tasks.items()}
+    assert eng.prompt_cache_min_tokens > 2 and cached["long"] == 0 and cached["nli"] == 0  # 2 soft tokens each
+    items = _inputs(4, seed=5)
+    _assert_matches(items, eng.log_probs_mixed(items), _reference(artifacts, items))
+
+
+def test_length_groups_cut_a_batch_where_padding_costs_more_than_a_forward():
+    from prompttune.serve.tasks import length_groups
+
+    assert length_groups([80, 10, 80, 10], overhead=48) == [[0, 2], [1, 3]]  # 4 x 80 = 320 > 48 + 160 + 48 + 20
+    assert length_groups([80, 10, 80, 10], overhead=200) == [[0, 2, 1, 3]]  # one more forward costs more than the padding
+    assert length_groups([30, 31, 29], overhead=48) == [[1, 0, 2]]
+    assert length_groups([80, 10], overhead=0) == [[0, 1]] and length_groups([], overhead=48) == []
+    rng = random.Random(0)
+    for _ in range(200):  # every index exactly once, groups longest first, and never dearer than one group
+        lengths = [rng.randint(1, 120) for _ in range(rng.randint(1, 40))]
+        ov = rng.choice([1, 10, 48, 500])
+        groups = length_groups(lengths, overhead=ov)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+        firsts = [lengths[g[0]] for g in groups]
+        assert firsts == sorted(firsts, reverse=True)
+        cost = sum(ov + len(g) * max(lengths[i] for i in g) for g in groups)
+        assert cost <= ov + len(lengths) * max(lengths)
+
+
+def test_a_batch_of_short_and_long_inputs_runs_as_forwards_of_similar_lengths(saved_tiny, artifacts):
+    eng = _engine(saved_tiny("llama"), {"sst": artifacts["sst"]}, forward_overhead_tokens=4, start=False)
+    long_text = " ".join(["the plot was good but the actor was bad"] * 6)
+    items = [("sst", "good"), ("sst", long_text), ("sst", "bad"), ("sst", long_text)]
+    calls = _count_forwards(eng)
+    got = eng.log_probs_mixed(items)
+    assert len(calls) == 2  # the two short rows together, the two long ones together
+    _assert_matches(items, got, _reference({"sst": artifacts["sst"]}, items))
+    s = eng.stats.snapshot()
+    one = _engine(saved_tiny("llama"), {"sst": artifacts["sst"]}, forward_overhead_tokens=0, start=False)
+    one.log_probs_mixed(items)
+    assert s["tokens_computed"] == one.stats.snapshot()["tokens_computed"]  # the same real tokens, less padding
 
 
 def test_cached_prefix_is_used_only_when_the_input_really_starts_with_it(saved_tiny, artifacts):

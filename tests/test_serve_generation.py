@@ -35,6 +35,7 @@ def _write_generation_artifacts(model_dir, out, specs=GEN_SPECS):
 
 
 def _engine(model_dir, arts, *, family=None, num_labels=None, **kw) -> ServeEngine:
+    kw.setdefault("prompt_cache_min_tokens", 1)  # the tiny tasks' prompts are shorter than the break-even: cache them anyway
     eng = ServeEngine(Backbone.load(model_dir, family=family, num_labels=num_labels), **kw)
     for name, d in arts.items():
         eng.add(d, name=name)
@@ -67,6 +68,25 @@ def test_mixed_generation_batch_equals_each_task_alone(saved_tiny, tmp_path, kin
     # Three tasks that share the input embeddings go through one generate() call; the prefix task through its own.
     assert eng.stats.snapshot()["forwards"] == 2
     assert eng.generate_mixed(items, max_new_tokens=3, num_beams=2) == _alone(arts, items, max_new_tokens=3, num_beams=2)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_generation_reuses_the_cached_prompt_with_the_texts_of_no_cache(saved_tiny, tmp_path, kind):
+    arts = _write_generation_artifacts(saved_tiny(kind), tmp_path)
+    on = _engine(saved_tiny(kind), arts, start=False)
+    off = _engine(saved_tiny(kind), arts, prefix_cache=False, start=False)
+    cached = {n: t.describe()["cached_prefix_tokens"] for n, t in on.tasks.items()}
+    # copy: 4 soft tokens + "copy:" before the source; hand: "Repeat:"; a prefix task keeps its own keys/values
+    assert cached["copy"] >= 5 and cached["echo"] >= 3 and cached["hand"] >= 1 and cached["deep"] == 0
+    assert all(t.describe()["cached_prefix_tokens"] == 0 for t in off.tasks.values())
+    items = _items(arts) + [("copy", "")]  # an empty source: only the last prompt token is computed
+    for opts in ({}, {"num_beams": 3, "max_new_tokens": 4}, {"do_sample": True, "seed": 3, "temperature": 1.5}):
+        assert on.generate_mixed(items, **opts) == off.generate_mixed(items, **opts)
+    s_on, s_off = on.stats.snapshot(), off.stats.snapshot()
+    assert s_off["prefix_tokens_reused"] == 0
+    n_cached = sum(cached[t] for t, _ in items if t != "deep")
+    assert s_on["prefix_tokens_reused"] == 3 * n_cached
+    assert s_on["tokens_computed"] + s_on["prefix_tokens_reused"] == s_off["tokens_computed"]
 
 
 def test_sampling_with_a_seed_gives_the_text_of_the_task_run_alone(saved_tiny, tmp_path):

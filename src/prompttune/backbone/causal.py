@@ -146,19 +146,29 @@ class CausalLM(Family):
 
     def _after(self, inputs: dict, past: PromptCache) -> dict:
         """``inputs`` continuing each row's cached prefix: its keys/values as the past, its positions after it."""
+        att = inputs["attention_mask"]
+        plen = past.lengths.to(att.device)
+        kw = dict(inputs_embeds=inputs["inputs_embeds"], position_ids=(plen[:, None] + att.cumsum(-1) - 1).clamp_min(0), use_cache=past.width > 0)
+        if past.width == 0:
+            return {**kw, "attention_mask": att}
+        return {**kw, _cache_kwarg(self.model.base_model): self._cache_of(past), "attention_mask": torch.cat([past.mask(att), att], dim=1)}
+
+    def generate_after(self, embeds: torch.Tensor, attention_mask: torch.Tensor, past: PromptCache, *, beams: int = 1) -> dict:
+        """``generate()``'s inputs for left-padded rows that continue each row's cached prefix. transformers takes the
+        whole sequence and skips what its cache already holds, so the cached positions are given as zero
+        embeddings (never read) in front, and the positions come from the whole mask: 0..p-1 in the cache, p.. after.
+        ``beams``: generate() repeats every input row per beam but not a cache it is given, so the cache comes repeated."""
+        mask = torch.cat([past.mask(attention_mask), attention_mask], dim=1)
+        full = torch.cat([embeds.new_zeros(embeds.shape[0], past.width, embeds.shape[2]), embeds], dim=1)
+        return {**self.input_kwargs(full, mask), _cache_kwarg(self.model): self._cache_of(past, repeat=beams)}
+
+    def _cache_of(self, past: PromptCache, *, repeat: int = 1):
         from transformers import DynamicCache
 
-        att = inputs["attention_mask"]
-        P = max((k.shape[2] for k, _ in past.layers), default=0)
-        plen = past.lengths.to(att.device)
-        kw = dict(inputs_embeds=inputs["inputs_embeds"], position_ids=(plen[:, None] + att.cumsum(-1) - 1).clamp_min(0), use_cache=P > 0)
-        if P == 0:
-            return {**kw, "attention_mask": att}
         cache = DynamicCache(config=self.model.config)
         for li, (k, v) in enumerate(past.layers):
-            cache.update(k, v, li)
-        prefix_mask = (torch.arange(P, device=att.device)[None, :] >= (P - plen)[:, None]).to(att.dtype)
-        return {**kw, _cache_kwarg(self.model.base_model): cache, "attention_mask": torch.cat([prefix_mask, att], dim=1)}
+            cache.update(k.repeat_interleave(repeat, 0) if repeat > 1 else k, v.repeat_interleave(repeat, 0) if repeat > 1 else v, li)
+        return cache
 
     def prompt_kv(self, embeds):
         ids = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)

@@ -26,6 +26,16 @@ class PromptCache:
     layers: list[tuple[torch.Tensor, torch.Tensor]]
     lengths: torch.Tensor  # (R,)
 
+    @property
+    def width(self) -> int:
+        """P: the positions the cache holds."""
+        return max((k.shape[2] for k, _ in self.layers), default=0)
+
+    def mask(self, like: torch.Tensor) -> torch.Tensor:
+        """(R, P) attention mask of the cached positions: each row's own ``lengths[r]`` last ones."""
+        P = self.width
+        return (torch.arange(P, device=like.device)[None, :] >= (P - self.lengths.to(like.device))[:, None]).to(like.dtype)
+
 
 class Family:
     """What differs between model families. Capabilities are class attributes that callers ask, never the name."""
@@ -98,6 +108,11 @@ class Family:
     def prompt_kv(self, embeds: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         """Per attention layer, the keys/values of a prompt prefix (1, P, hidden) run alone, to reuse as ``past``."""
         return None
+
+    def generate_after(self, embeds: torch.Tensor, attention_mask: torch.Tensor, past: PromptCache, *, beams: int = 1) -> dict:
+        """``generate()``'s inputs for left-padded rows continuing each row's cached prefix (families that
+        ``caches_prompt``)."""
+        raise NotImplementedError(f"{self.name} keeps no prompt cache")
 
     # ---- generation ----------------------------------------------------------------------------
     def _no_generation(self):

@@ -7,7 +7,9 @@
   tasks: it is run as a second forward only when such rows are in the batch);
 - prompt caching (families that ``caches_prompt``): the part of the input every request of a task shares (special
   tokens, soft tokens and template text before the first field) is run through the backbone once per task; its
-  keys/values are reused for every row, so a batch only computes the tokens after it.
+  keys/values are reused for every row, so a batch only computes the tokens after it;
+- lengths: rows of very different lengths are cut into forwards of similar lengths where that costs less than
+  padding them all to the longest (:func:`~prompttune.serve.tasks.length_groups`).
 
 Rows that cannot share the mixed forward (a method that does not ``shares_batch``, e.g. a prefix in every attention
 layer, or an encoder + head task carrying its own classification head, put into the backbone for that task's
@@ -22,12 +24,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..backbone import Rows
-from ..backbone.family import PromptCache
 from ..errors import ConfigError
-from ..template import Rendered
 from ..verbalizer import prediction
 from .errors import TaskConflictError
-from .tasks import Job, ServedTask, register_task_kind
+from .tasks import Job, ServedTask, length_groups, register_task_kind, row_cache
 
 if TYPE_CHECKING:
     from .engine import ServeEngine
@@ -59,8 +59,6 @@ class ServedClassification(ServedTask):
         self.word_tokens: list[list[int]] = [list(w) for w in pm.word_ids]
         self.word_class = pm.word_class.clone()
         self.fast = bool(pm.fast)
-        self.prefix_ids: list[int] = []
-        self.prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.deep = not pm.method.shares_batch  # e.g. a prefix: keys/values in every attention layer, one per forward
         # An encoder + head task's classification head lives in the backbone: the head trained with its prompt (or
         # the model's own, for an untrained method) is kept here and put in place for this task's forward.
@@ -70,7 +68,9 @@ class ServedClassification(ServedTask):
             self.head = {k: own.get(k, v) for k, v in engine.base_head.items()}
         self.own_forward = self.deep or self.head is not None
         if engine.prefix_cache and engine.backbone.family.caches_prompt and not self.deep:
-            self._build_prefix_cache(engine)
+            # the position before the mask reads the first label token: it (and anything after) is computed per row
+            self.build_prompt_cache(engine, lambda row: pm.renderer.render(row, reserve=pm.reserve), self.table,
+                                    lambda r: (r.mask if r.mask is not None else len(r.ids)) - 1)
 
     @classmethod
     def load(cls, engine, name, directory, meta):
@@ -83,40 +83,6 @@ class ServedClassification(ServedTask):
                 raise TaskConflictError(f"this artifact has {want} labels, the server's classification head has {n_out}",
                                         where=str(directory), fix="serve encoder + head artifacts with the same number of labels together")
         return cls(name, directory, meta, cls.load_onto(engine, directory), engine)
-
-    # ---- prompt cache --------------------------------------------------------------------------
-    def _build_prefix_cache(self, engine: "ServeEngine") -> None:
-        """Find the tokens every input of this task starts with (by rendering very different probes), and
-        compute the backbone's keys/values for them once."""
-        probes = ["a", "The", "0", "zq", "Hello, world.", "\n", "?", "x y z"]
-        rendered = [self.pm.renderer.render({f: p for f in self.fields}, reserve=self.pm.reserve) for p in probes]
-        common = list(rendered[0].ids)
-        for r in rendered[1:]:
-            n = 0
-            while n < min(len(common), len(r.ids)) and common[n] == r.ids[n]:
-                n += 1
-            common = common[:n]
-        # The position before the mask reads the first label token: it (and anything after) must be computed per row.
-        limit = min((r.mask if r.mask is not None else len(r.ids)) for r in rendered) - 1
-        common = common[: max(limit, 0)]
-        if not common:
-            return
-        soft = rendered[0].soft[: len(common)]
-        bb = engine.backbone
-        with torch.no_grad():
-            ids = torch.tensor([common], device=engine.device)
-            kv = bb.family.prompt_kv(bb.embed(ids, torch.tensor([soft], device=engine.device), self.table))
-        if kv is None:
-            log.warning("task %s: the backbone returned no per-layer cache; prompt caching is off for it", self.name)
-            return
-        self.prefix_kv = kv
-        self.prefix_ids = common
-
-    def prefix_len(self, r: Rendered) -> int:
-        P = len(self.prefix_ids)
-        if self.prefix_kv is None or r.mask is None or r.mask - 1 < P or r.ids[:P] != self.prefix_ids:
-            return 0
-        return P
 
     # ---- inputs --------------------------------------------------------------------------------
     def make_jobs(self, operation, inputs, **options):
@@ -136,8 +102,7 @@ class ServedClassification(ServedTask):
                 "calibrated": m.get("verbalizer", {}).get("calibration") is not None,
                 "soft_tokens": 0 if self.table is None else int(self.table.shape[0]),
                 "trainable_parameters": m.get("trainable_parameters"), "metrics": m.get("metrics"),
-                "backbone": m.get("backbone", {}).get("name"), "created": m.get("created"),
-                "cached_prefix_tokens": len(self.prefix_ids) if self.prefix_kv is not None else 0}
+                "backbone": m.get("backbone", {}).get("name"), "created": m.get("created")}
 
     # ---- batch ---------------------------------------------------------------------------------
     @classmethod
@@ -157,10 +122,20 @@ class ServedClassification(ServedTask):
                 out[i] = logp[k]
         for fast in (True, False):
             idx = [i for i, j in enumerate(jobs) if j.task.fast == fast and not j.task.own_forward]
-            if idx:
-                for i, res in zip(idx, cls._forward([jobs[i] for i in idx], engine, fast=fast)):
+            use_cache = engine.prefix_cache and engine.backbone.family.caches_prompt
+            lengths = [cls._length(jobs[i], fast, use_cache) for i in idx]
+            for group in length_groups(lengths, engine.forward_overhead_tokens):  # similar lengths: little padding
+                part = [idx[k] for k in group]
+                for i, res in zip(part, cls._forward([jobs[i] for i in part], engine, fast=fast)):
                     out[i] = res
         return out
+
+    @staticmethod
+    def _length(job: Job, fast: bool, use_cache: bool) -> int:
+        """The tokens a job's row computes: up to its mask on the fast path, less what the prompt cache supplies."""
+        r = job.payload
+        n = r.mask if fast and r.mask is not None else len(r.ids)
+        return n - (job.task.prefix_len(r) if use_cache else 0)
 
     @classmethod
     def _forward(cls, jobs: list[Job], engine: "ServeEngine", *, fast: bool) -> list[torch.Tensor]:
@@ -186,7 +161,7 @@ class ServedClassification(ServedTask):
             t = tasks[name]
             rendered = [jobs[i].payload for i in idx]
             plen = [t.prefix_len(r) for r in rendered] if use_cache else [0] * len(rendered)
-            cut = [Rendered(r.ids[p:], r.soft[p:], r.mask - p if r.mask is not None else None) for r, p in zip(rendered, plen)]
+            cut = [t.cut(r, p) for r, p in zip(rendered, plen)]
             rows = fam.build(cut, t.word_tokens, fast=fast, padding_side="right", shared_context=False)  # rows merge across tasks
             reps = rows.input_ids.shape[0] // len(rendered)  # likelihood rows: one per (example, word)
             prefix += [p for p in plen for _ in range(reps)]
@@ -203,7 +178,7 @@ class ServedClassification(ServedTask):
         # no prefix: a deep-prompt task may have left its own in the attention layers
         inputs = bb.inputs(bb.embed(merged.input_ids, merged.soft_index, table), merged.attention_mask, prefix=None)
         engine.stats.forward(rows=merged.input_ids.shape[0], computed=int(merged.attention_mask.sum()), reused=sum(prefix))
-        past = _row_cache(prefix, row_task, engine.device) if use_cache else None
+        past = row_cache(prefix, row_task, engine.device) if use_cache else None
         scores = fam.word_scores(inputs, merged, past=past)  # fast: (R, |union|); likelihood: (R, 1)
         results: list[torch.Tensor] = [None] * len(jobs)  # type: ignore[list-item]
         start = 0
@@ -242,22 +217,3 @@ def _merge_rows(parts: list[Rows], *, pad_id: int, union: list[int]) -> Rows:
         out.decoder_input_ids = cat("decoder_input_ids", pad_id, Td)
         out.decoder_attention_mask = cat("decoder_attention_mask", 0, Td)
     return out
-
-
-def _row_cache(prefix: list[int], row_task: list[ServedClassification], device) -> PromptCache | None:
-    """Each row's cached prompt prefix as past keys/values: the cache holds P = max prefix positions; a row with a
-    shorter (or no) prefix has its prefix left-padded and masked out (keys were computed at positions 0..p-1)."""
-    P = max(prefix, default=0)
-    if P == 0:
-        return None
-    ref = next(t.prefix_kv for t, p in zip(row_task, prefix) if p)
-    layers = []
-    for li, (k0, v0) in enumerate(ref):
-        k = k0.new_zeros(len(prefix), k0.shape[1], P, k0.shape[3])
-        v = v0.new_zeros(len(prefix), v0.shape[1], P, v0.shape[3])
-        for i, (t, p) in enumerate(zip(row_task, prefix)):
-            if p:
-                k[i, :, P - p:] = t.prefix_kv[li][0][0, :, :p]
-                v[i, :, P - p:] = t.prefix_kv[li][1][0, :, :p]
-        layers.append((k, v))
-    return PromptCache(layers, torch.tensor(prefix, device=device))

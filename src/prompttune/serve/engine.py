@@ -3,7 +3,10 @@
 Each loaded artifact is a *task* of a registered kind (:mod:`prompttune.serve.tasks`: classification in
 :mod:`~prompttune.serve.classification`, generation in :mod:`~prompttune.serve.generation`). Requests are rendered in
 the caller's thread (so a bad input fails at once), queued, and a worker thread takes up to ``max_batch`` inputs,
-waiting at most ``max_wait_ms`` for the batch to fill; each kind runs its share of the batch together.
+waiting at most ``max_wait_ms`` for the batch to fill; each kind runs its share of the batch together. Two CPU cost
+rules, measured in ``benchmarks/prompt_cache.py``: a task's shared prompt is cached only from
+``prompt_cache_min_tokens`` tokens on, and a batch of short and long inputs is cut into forwards of similar lengths
+where the padding saved outweighs one more forward (``forward_overhead_tokens``; 0 keeps every batch whole).
 """
 
 from __future__ import annotations
@@ -66,6 +69,11 @@ class PendingRequest:
 
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Measured on SmolLM2-135M, 2 CPU cores (benchmarks/prompt_cache.py, results/prompt-cache.json), 8 rows of 64 tokens:
+# caching P prompt tokens gave no-cache / cache 0.96 at P=1, 1.01 at P=4 (0.59-1.14), 1.08 at P=8 (every run >= 1.01).
+PROMPT_CACHE_MIN_TOKENS = 8  # a shared prompt shorter than this is recomputed: its cache costs more than it saves
+# A forward pass cost 86 ms + 1.38 ms a token (least squares over 9 shapes): 62 tokens' worth of fixed cost.
+FORWARD_OVERHEAD_TOKENS = 64  # a batch is cut by length where the padding saved costs more than one more forward
 
 
 class EngineStats:
@@ -127,7 +135,8 @@ class ServeEngine:
     """
 
     def __init__(self, backbone: Backbone, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_queue: int = 1024,
-                 prefix_cache: bool = True, start: bool = True):
+                 prefix_cache: bool = True, prompt_cache_min_tokens: int = PROMPT_CACHE_MIN_TOKENS,
+                 forward_overhead_tokens: float = FORWARD_OVERHEAD_TOKENS, start: bool = True):
         if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
             raise ConfigError("max_batch and max_queue must be >= 1 and max_wait_ms >= 0", where="serve",
                               fix="e.g. --max-batch 32 --max-wait-ms 5 --max-queue 1024")
@@ -139,6 +148,8 @@ class ServeEngine:
         self.max_wait = float(max_wait_ms) / 1000.0
         self.max_queue = int(max_queue)
         self.prefix_cache = bool(prefix_cache)
+        self.prompt_cache_min_tokens = int(prompt_cache_min_tokens)
+        self.forward_overhead_tokens = float(forward_overhead_tokens)
         # an encoder + head backbone's own classification head, as loaded (artifacts overwrite it when they load theirs)
         self.base_head = {k: v.detach().clone() for k, v in backbone.head_parameters().items()} \
             if backbone.family.has_task_head else {}

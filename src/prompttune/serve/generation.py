@@ -7,7 +7,8 @@ rows of a stacked soft table, and the batch is left-padded (right-padded for an 
 attention layer) generates in a call of its own, since the prefix is one per forward. Sampling requests are never
 merged with other requests, and are cut into the batches the task run alone would make, so a request's ``seed``
 gives the same text as ``GenerationModel.generate`` (as long as the request fits in one engine batch,
-``max_batch``).
+``max_batch``). With the prompt cache on (causal LMs), the tokens every source of a task starts with come from
+the cache, as in classification: generate() starts from past keys/values and computes only the rest.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ..errors import ConfigError
 from ..generation import decode
 from ..schemas import REQUEST_DECODING, GenerateConfig
 from ..template import Rendered
-from .tasks import Job, ServedTask, register_task_kind
+from .tasks import Job, ServedTask, register_task_kind, row_cache
 
 
 _calls = itertools.count()
@@ -59,7 +60,11 @@ class ServedGeneration(ServedTask):
     @classmethod
     def load(cls, engine, name, directory, meta):
         cls.check_shareable(engine, directory, meta)
-        return cls(name, directory, meta, cls.load_onto(engine, directory))
+        task = cls(name, directory, meta, cls.load_onto(engine, directory))
+        if engine.prefix_cache and engine.backbone.family.caches_prompt and not task.deep:
+            # generate() must be given at least the source's last token to start from
+            task.build_prompt_cache(engine, task.gm.renderer.render, task.table, lambda r: len(r.ids) - 1)
+        return task
 
     def options(self, options: dict) -> GenerateConfig:
         """The artifact's decoding settings with a request's overrides, validated."""
@@ -117,23 +122,29 @@ class ServedGeneration(ServedTask):
     @staticmethod
     def _generate(engine, jobs: Sequence[Job]) -> list[str]:
         bb = engine.backbone
+        first = jobs[0].task
+        use_cache = engine.prefix_cache and bb.family.caches_prompt and not first.deep
+        plen = [j.task.prefix_len(j.payload.source) if use_cache else 0 for j in jobs]
         offsets: dict[str, int] = {}
         tables = []
         sources = []
-        for j in jobs:
+        for j, p in zip(jobs, plen):
             t = j.task
             if t.table is not None and t.name not in offsets:
                 offsets[t.name] = sum(x.shape[0] for x in tables)
                 tables.append(t.table)
             off = offsets.get(t.name, 0)
-            r = j.payload.source
+            r = t.cut(j.payload.source, p)  # the cached prompt's tokens come from the cache
             sources.append(Rendered(r.ids, [s + off if s >= 0 else s for s in r.soft], r.mask))
-        first = jobs[0].task
         batch = first.gm.pad_sources(sources).to(engine.device)
+        past = row_cache(plen, [j.task for j in jobs], engine.device) if use_cache else None
         if first.deep:  # one prefix task: its own method builds the inputs and puts its prefix in the attention layers
             kw = first.gm.method.model_inputs(bb, batch)
         else:  # the stacked soft tables of every task in the call, no prefix
-            kw = bb.inputs(bb.embed(batch.input_ids, batch.soft_index, torch.cat(tables) if tables else None), batch.attention_mask)
-        engine.stats.forward(rows=len(sources), computed=int(batch.attention_mask.sum()), reused=0)
+            embeds = bb.embed(batch.input_ids, batch.soft_index, torch.cat(tables) if tables else None)
+            kw = bb.inputs(embeds, batch.attention_mask)  # (clears a prefix task's keys/values from the attention layers)
+            if past is not None:
+                kw = bb.family.generate_after(embeds, batch.attention_mask, past, beams=jobs[0].payload.opts.num_beams)
+        engine.stats.forward(rows=len(sources), computed=int(batch.attention_mask.sum()), reused=sum(plen))
         texts, _ = decode(bb, kw, jobs[0].payload.opts)
         return texts

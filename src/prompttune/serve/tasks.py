@@ -16,15 +16,26 @@ A kind implements::
 
 from __future__ import annotations
 
+import itertools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
+import torch
+
+from ..backbone.family import PromptCache
 from ..errors import ArtifactError, TemplateError, check_input_texts
+from ..template import Rendered
 from .errors import TaskConflictError, UnsupportedError
 
 if TYPE_CHECKING:
     from .engine import ServeEngine, PendingRequest
+
+log = logging.getLogger(__name__)
+
+# Very different inputs: the tokens all of them render to first are what every input of a task starts with.
+_PROBES = ["a", "The", "0", "zq", "Hello, world.", "\n", "?", "x y z"]
 
 
 @dataclass
@@ -47,6 +58,49 @@ class ServedTask:
         self.name = name
         self.directory = directory
         self.meta = meta
+        self.prefix_ids: list[int] = []  # the prompt cache: the tokens every input starts with ...
+        self.prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # ... and their keys/values per layer
+        self._cacheable: Callable[[Rendered], int] = len
+
+    # ---- the prompt cache ----------------------------------------------------------------------
+    def build_prompt_cache(self, engine: "ServeEngine", render: Callable[[dict], Rendered], table: torch.Tensor | None,
+                           cacheable: Callable[[Rendered], int]) -> None:
+        """Find the tokens every input of this task starts with (by rendering very different probes with ``render``)
+        and run them through the backbone once; their keys/values then stand in for those tokens in every row.
+        ``cacheable(r)``: how many of a rendered input's first tokens may come from the cache (the rest, at least
+        what the output is read from, is computed per row). A shared part shorter than the engine's
+        ``prompt_cache_min_tokens`` is not cached: copying its keys/values into a batch would cost more than the
+        tokens it saves (``benchmarks/prompt_cache.py`` measures the break-even)."""
+        rendered = [render({f: p for f in self.fields}) for p in _PROBES]
+        common = list(rendered[0].ids)
+        for r in rendered[1:]:
+            n = 0
+            while n < min(len(common), len(r.ids)) and common[n] == r.ids[n]:
+                n += 1
+            common = common[:n]
+        common = common[: max(min(cacheable(r) for r in rendered), 0)]
+        if len(common) < max(engine.prompt_cache_min_tokens, 1):
+            return
+        bb = engine.backbone
+        with torch.no_grad():
+            ids = torch.tensor([common], device=engine.device)
+            kv = bb.family.prompt_kv(bb.embed(ids, torch.tensor([rendered[0].soft[: len(common)]], device=engine.device), table))
+        if kv is None:
+            log.warning("task %s: the backbone returned no per-layer cache; prompt caching is off for it", self.name)
+            return
+        self.prefix_kv, self.prefix_ids, self._cacheable = kv, common, cacheable
+
+    def prefix_len(self, r: Rendered) -> int:
+        """How many first tokens of ``r`` the prompt cache supplies (0: none, e.g. text that does not start with them)."""
+        P = len(self.prefix_ids)
+        if self.prefix_kv is None or self._cacheable(r) < P or r.ids[:P] != self.prefix_ids:
+            return 0
+        return P
+
+    @staticmethod
+    def cut(r: Rendered, p: int) -> Rendered:
+        """``r`` without its first ``p`` tokens (those the cache supplies)."""
+        return r if not p else Rendered(r.ids[p:], r.soft[p:], r.mask - p if r.mask is not None else None)
 
     @classmethod
     def load(cls, engine: "ServeEngine", name: str, directory: Path, meta: dict) -> "ServedTask":
@@ -141,7 +195,59 @@ class ServedTask:
         return model
 
     def describe(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "operations": sorted(self.operations), "path": str(self.directory)}
+        return {"name": self.name, "kind": self.kind, "operations": sorted(self.operations), "path": str(self.directory),
+                "cached_prefix_tokens": len(self.prefix_ids) if self.prefix_kv is not None else 0}
+
+
+def length_groups(lengths: Sequence[int], overhead: float) -> list[list[int]]:
+    """Indices of one batch cut into groups of similar length, each run as its own forward: a forward costs about
+    ``overhead`` + rows x longest row (in tokens; padding is paid like real tokens), and the cut minimises the sum
+    (dynamic programming over the lengths sorted longest first). A mixed batch of short and long inputs splits
+    where the padding saved is worth more than one more forward; ``overhead`` <= 0 keeps one group."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if overhead <= 0 or len(order) < 2:
+        return [order] if order else []
+    L = [lengths[i] for i in order]
+    n = len(L)
+    best = [0.0] + [float("inf")] * n  # best[j]: the cheapest cut of the j longest
+    cut_at = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):
+            c = best[i] + overhead + (j - i) * L[i]
+            if c < best[j]:
+                best[j], cut_at[j] = c, i
+    groups = []
+    j = n
+    while j > 0:
+        groups.append(order[cut_at[j]:j])
+        j = cut_at[j]
+    return groups[::-1]
+
+
+def row_cache(prefix: list[int], row_task: list[ServedTask], device) -> PromptCache | None:
+    """Each row's cached prompt as past keys/values: the cache holds P = max(prefix) positions; a row with a shorter
+    (or no) prefix has its own right-aligned and the rest masked out (its keys were computed at positions 0..p-1).
+    One copy per run of rows of the same task, not one per row."""
+    P = max(prefix, default=0)
+    if P == 0:
+        return None
+    ref = next(t.prefix_kv for t, p in zip(row_task, prefix) if p)
+    runs = []
+    r = 0
+    for (_, p), grp in itertools.groupby(zip(row_task, prefix), key=lambda x: (id(x[0]), x[1])):
+        n = len(list(grp))
+        if p:
+            runs.append((r, n, p, row_task[r]))
+        r += n
+    layers = []
+    for li, (k0, v0) in enumerate(ref):
+        k = k0.new_zeros(len(prefix), k0.shape[1], P, k0.shape[3])
+        v = v0.new_zeros(len(prefix), v0.shape[1], P, v0.shape[3])
+        for r, n, p, t in runs:
+            k[r:r + n, :, P - p:] = t.prefix_kv[li][0][:, :, :p]
+            v[r:r + n, :, P - p:] = t.prefix_kv[li][1][:, :, :p]
+        layers.append((k, v))
+    return PromptCache(layers, torch.tensor(prefix, device=device))
 
 
 TASK_KINDS: dict[str, type[ServedTask]] = {}
