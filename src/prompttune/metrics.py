@@ -293,3 +293,18 @@ def error_rates_of(predictions: Sequence[str], references: Sequence[str]) -> dic
         return {"wer": None, "cer": None}
     refs, preds = [refs[i] for i in keep], [preds[i] for i in keep]
     return {"wer": float(jiwer.wer(refs, preds)), "cer": float(jiwer.cer(refs, preds))}
+
+
+def mcnemar(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> dict:
+    """McNemar's exact test of two classifiers on the same test items (``a_correct[i]``: did A get item i right).
+
+    ``b`` counts items only A got right, ``c`` items only B got right; under "equally accurate" the discordant items
+    split as Binomial(b + c, 1/2), and the two-sided p-value is ``min(1, 2 * P[X <= min(b, c)])`` (the exact form
+    recommended for few discordant pairs; statsmodels' ``mcnemar(exact=True)`` gives the same)."""
+    if len(a_correct) != len(b_correct):
+        raise ValueError(f"McNemar's test pairs the same items: {len(a_correct)} against {len(b_correct)} results")
+    b = sum(1 for x, y in zip(a_correct, b_correct) if x and not y)
+    c = sum(1 for x, y in zip(a_correct, b_correct) if y and not x)
+    n = b + c
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n if n else 1.0
+    return {"b": b, "c": c, "n": len(a_correct), "p": min(1.0, 2 * tail)}

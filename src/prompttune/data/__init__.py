@@ -64,6 +64,14 @@ Generation corpora (no labels; the same sorting and ``SPLIT_SEED`` shuffle, sort
   and fuzzy entries are skipped, plural entries give their singular, and an English string with two different
   translations is dropped. 820 pairs (train 620) / 833 pairs (train 633).
 
+- ``social-posts`` / ``product-reviews`` / ``editorials`` (``vaderSentiment==3.3.2``, MIT; N = 500): the tweets,
+  Amazon review snippets and New York Times editorial snippets of Hutto & Gilbert (ICWSM 2014), which ship only in
+  vaderSentiment's source archive (``additional_resources/hutto_ICWSM_2014.tar.gz``, read in memory from
+  ``$PROMPTTUNE_CACHE/packages/vaderSentiment-3.3.2.tar.gz``; ``scripts/setup.sh`` downloads it with
+  ``pip download --no-deps --no-binary :all:``). Label = the sign of the 10 raters' mean score (-4..4); texts whose
+  mean is within 0.5 of neutral are dropped, HTML entities unescaped. train / test per class: social-posts
+  928 + 2004 / 159 + 341; product-reviews 999 + 1478 / 234 + 266; editorials 1462 + 969 / 294 + 206.
+
 Parsed corpora are cached in-process; callers always get fresh copies.
 
 Spoken corpora (``spoken-movie-reviews``, ``spoken-django``, ``spoken-bbc-headlines``; :mod:`prompttune.data.speech`):

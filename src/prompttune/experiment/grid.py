@@ -21,6 +21,11 @@ config) is skipped on the next run, so an interrupted experiment resumes where i
 half done and is run again from scratch. Zero-shot trains nothing and does not depend on the sample, so it is one
 cell per model (``shots`` 0), drawn as a horizontal line. At the end ``results.json``, ``results.md`` (mean ± std
 over seeds per method x model x shots, as LM-BFF reports) and ``accuracy_vs_shots.png`` are written.
+
+A ``tasks`` axis makes the grid a validation suite: each entry is a built-in data name or ``{label, data, prompt,
+train}`` over the base, and cells go under ``cells/<task>/``. Methods may include the PEFT anchors of
+:mod:`prompttune.experiment.anchors`, and ``compare: <method label>`` adds McNemar's test of that method against every
+other one on the same test rows, per seed (:mod:`prompttune.experiment.results`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ import copy
 import json
 import re
 import shutil
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,19 +41,17 @@ from typing import Any, Callable
 
 import yaml
 
-from .config import RunConfig, validate_config
-from .errors import ConfigError, PromptTuneError
-from .files import atomic_write_bytes, atomic_write_text, write_json
-from .report import md_table
+from ..config import RunConfig, validate_config
+from ..errors import ConfigError, PromptTuneError
+from ..files import atomic_write_text, write_json
+from .anchors import ANCHORS, anchor_options
 
-AXES = ("methods", "models", "shots", "seeds")
-OPTIONS = ("keep_backbones",)
+AXES = ("tasks", "methods", "models", "shots", "seeds")
+OPTIONS = ("keep_backbones", "compare")
 CELL_JSON = "cell.json"
-RESULTS_JSON = "results.json"
-RESULTS_MD = "results.md"
-PLOT_PNG = "accuracy_vs_shots.png"
 _METHOD_ENTRY_KEYS = ("label", "train", "prompt")
 _MODEL_ENTRY_KEYS = ("label",)
+_TASK_ENTRY_KEYS = ("label", "data", "prompt", "train")
 
 
 @dataclass
@@ -62,9 +64,12 @@ class Cell:
     seed: int
     config: RunConfig
     key: str = ""
+    task: str = ""  # the tasks axis' label ("" without one)
+    anchor: dict | None = None  # {name, options} for a PEFT anchor (experiment.anchors), else None
 
     def directory(self, root: Path) -> Path:
-        return root / "cells" / self.model / self.method / (f"shots{self.shots}-seed{self.seed}" if self.shots else "zero-shot")
+        base = root / "cells" / self.task if self.task else root / "cells"
+        return base / self.model / self.method / (f"shots{self.shots}-seed{self.seed}" if self.shots else "zero-shot")
 
 
 @dataclass
@@ -76,6 +81,8 @@ class Grid:
     source: str = "grid"
     methods: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+    compare: str | None = None
 
 
 # ---- reading and expanding a grid --------------------------------------------------------------
@@ -84,10 +91,14 @@ def _slug(text: str) -> str:
     return s or "x"
 
 
+_WHOLE = ("verbalizer", "columns")  # mappings an override replaces whole: a task's labels are not added to the base's
+
+
 def _merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        deep = isinstance(v, dict) and isinstance(out.get(k), dict) and k not in _WHOLE
+        out[k] = _merge(out[k], v) if deep else copy.deepcopy(v)
     return out
 
 
@@ -127,9 +138,10 @@ def read_grid(path: str | Path, overrides: list[str] | None = None) -> Grid:
 
 def expand(raw: dict, *, where: str = "grid", overrides: list[str] | None = None) -> Grid:
     """Expand a grid mapping (base config + ``grid`` section) into validated cells."""
-    from .config import apply_overrides
-    from .methods import METHODS, make_method
-    from .template import Template
+    from ..config import apply_overrides
+    from ..methods import METHODS
+    from ..template import Template
+    from .anchors import ANCHORS, check_anchor_template
 
     raw = copy.deepcopy(raw)
     grid = raw.pop("grid", None)
@@ -167,13 +179,60 @@ def expand(raw: dict, *, where: str = "grid", overrides: list[str] | None = None
             raise ConfigError(f"two models are labelled {label!r}", where=w, fix="give each model entry its own `label`")
         models.append((label, {k: v for k, v in entry.items() if k not in _MODEL_ENTRY_KEYS}))
 
+    methods = _methods(grid["methods"], where)
+    tasks = _tasks(grid.get("tasks"), where)
+    compare = grid.get("compare")
+    if compare is not None and compare not in [m for m, _, _ in methods]:
+        raise ConfigError(f"grid.compare names {compare!r}, which is no method entry's label", where=f"{where}: grid.compare",
+                          fix=f"use one of: {', '.join(m for m, _, _ in methods)}")
+
+    output = Path(base.output)
+    cells: list[Cell] = []
+    for tlabel, tover in tasks:
+        tbase = _merge(base_raw, tover)
+        for mlabel, mcfg in models:
+            for label, method_cfg, over in methods:
+                anchor = method_cfg.get("name") in ANCHORS
+                zero = not anchor and not METHODS[method_cfg["name"]].trainable  # trains nothing: one cell, whatever the shots and seeds
+                for k in ([0] if zero else shots):
+                    for s in ([0] if zero else seeds):
+                        c = _merge(tbase, over)
+                        # the base model's keys (gguf_file, family...) carry over only to the same model
+                        c["model"] = {**base_raw["model"], **mcfg} if mcfg["name"] == base_raw["model"]["name"] else dict(mcfg)
+                        if not anchor:
+                            c["method"] = method_cfg
+                        if not zero:
+                            c["data"]["shots_per_class"] = k
+                            c["data"]["seed"] = s
+                            c["train"]["seed"] = s
+                        cell = Cell(model=mlabel, method=label, shots=k, seed=s, config=None, task=tlabel)  # type: ignore[arg-type]
+                        c["output"] = str(cell.directory(output))
+                        name = "/".join(x for x in (tlabel, mlabel, label) if x)
+                        cell.config = validate_config(c, f"{where}: cell {name}/shots={k}/seed={s}")
+                        if anchor:
+                            check_anchor_template(cell.config.prompt.template, f"{where}: grid.methods ({label})")
+                            cell.anchor = {"name": method_cfg["name"], "options": method_cfg["options"]}
+                        if zero and Template(cell.config.prompt.template).has_soft:
+                            raise ConfigError("zero-shot cannot score a template with untrained {soft} tokens",
+                                              where=f"{where}: grid.methods ({label})",
+                                              fix="give the zero-shot entry its own prompt: {template: ...} without {soft}")
+                        cell.key = f"{name}/" + (f"shots{k}/seed{s}" if k else "zero-shot")
+                        cells.append(cell)
+    return Grid(base=base, cells=cells, output=output, keep_backbones=bool(grid.get("keep_backbones", False)), source=where,
+                methods=[m for m, _, _ in methods], models=[m for m, _ in models], tasks=[t for t, _ in tasks if t], compare=compare)
+
+
+def _methods(entries, where: str) -> list[tuple[str, dict, dict]]:
+    """(label, method config, {train, prompt} overrides) per method entry; an anchor's config is {name, options}."""
+    from ..methods import METHODS, make_method
+
     methods: list[tuple[str, dict, dict]] = []
-    mlist = grid["methods"] if isinstance(grid["methods"], list) else [grid["methods"]]
-    for i, entry in enumerate(mlist):
+    for i, entry in enumerate(entries if isinstance(entries, list) else [entries]):
         w = f"{where}: grid.methods[{i}]"
         entry = _named_entry(entry, "method", w, "- soft-prompt, or - {name: soft-prompt, num_tokens: 20, train: {lr: 0.03}}")
-        if entry["name"] not in METHODS:
-            raise ConfigError(f"unknown method {entry['name']!r}", where=f"{w}.name", fix=f"use one of: {', '.join(METHODS)}")
+        if entry["name"] not in METHODS and entry["name"] not in ANCHORS:
+            raise ConfigError(f"unknown method {entry['name']!r}", where=f"{w}.name",
+                              fix=f"use one of: {', '.join(METHODS)} (or a PEFT anchor: {', '.join(ANCHORS)})")
         label = _slug(str(entry.get("label") or entry["name"]))
         if label in [m for m, _, _ in methods]:
             raise ConfigError(f"two method entries are labelled {label!r}", where=w,
@@ -184,38 +243,43 @@ def expand(raw: dict, *, where: str = "grid", overrides: list[str] | None = None
                 raise ConfigError(f"{k} in a method entry must be a mapping of {k} keys", where=f"{w}.{k}",
                                   fix=f"write e.g. {k}: {{lr: 1.0e-5}}" if k == "train" else f"write e.g. {k}: {{template: ...}}")
         method_cfg = {k: v for k, v in entry.items() if k not in _METHOD_ENTRY_KEYS}
-        try:
-            make_method(method_cfg["name"], **{k: v for k, v in method_cfg.items() if k != "name"})
-        except PromptTuneError as e:
-            raise ConfigError(e.what, where=w, fix=e.fix) from None
+        if method_cfg["name"] in ANCHORS:
+            method_cfg = {"name": method_cfg["name"], "options": anchor_options(method_cfg, w)}
+        else:
+            try:
+                make_method(method_cfg["name"], **{k: v for k, v in method_cfg.items() if k != "name"})
+            except PromptTuneError as e:
+                raise ConfigError(e.what, where=w, fix=e.fix) from None
         methods.append((label, method_cfg, over))
+    return methods
 
-    output = Path(base.output)
-    cells: list[Cell] = []
-    for mlabel, mcfg in models:
-        for label, method_cfg, over in methods:
-            zero = not METHODS[method_cfg["name"]].trainable  # trains nothing: one cell, whatever the shots and seeds
-            for k in ([0] if zero else shots):
-                for s in ([0] if zero else seeds):
-                    c = _merge(base_raw, over)
-                    # the base model's keys (gguf_file, family...) carry over only to the same model
-                    c["model"] = {**base_raw["model"], **mcfg} if mcfg["name"] == base_raw["model"]["name"] else dict(mcfg)
-                    c["method"] = method_cfg
-                    if not zero:
-                        c["data"]["shots_per_class"] = k
-                        c["data"]["seed"] = s
-                        c["train"]["seed"] = s
-                    cell = Cell(model=mlabel, method=label, shots=k, seed=s, config=None)  # type: ignore[arg-type]
-                    c["output"] = str(cell.directory(output))
-                    cell.config = validate_config(c, f"{where}: cell {mlabel}/{label}/shots={k}/seed={s}")
-                    if zero and Template(cell.config.prompt.template).has_soft:
-                        raise ConfigError("zero-shot cannot score a template with untrained {soft} tokens",
-                                          where=f"{where}: grid.methods ({label})",
-                                          fix="give the zero-shot entry its own prompt: {template: ...} without {soft}")
-                    cell.key = f"{mlabel}/{label}/" + (f"shots{k}/seed{s}" if k else "zero-shot")
-                    cells.append(cell)
-    return Grid(base=base, cells=cells, output=output, keep_backbones=bool(grid.get("keep_backbones", False)), source=where,
-                methods=[m for m, _, _ in methods], models=[m for m, _ in models])
+
+def _tasks(entries, where: str) -> list[tuple[str, dict]]:
+    """(label, overrides of the base config) per task entry; one unnamed task (the base itself) without the axis."""
+    if entries is None:
+        return [("", {})]
+    tasks: list[tuple[str, dict]] = []
+    for i, entry in enumerate(entries if isinstance(entries, list) else [entries]):
+        w = f"{where}: grid.tasks[{i}]"
+        if isinstance(entry, str):
+            entry = {"label": entry, "data": {"train": entry, "test": entry}}
+        if not isinstance(entry, dict) or not entry:
+            raise ConfigError(f"a task entry must be a built-in data name or a mapping, got {entry!r}", where=w,
+                              fix="write e.g. - movie-reviews, or - {label: topics, data: {train: bbc-news, test: bbc-news}, prompt: {...}}")
+        unknown = [k for k in entry if k not in _TASK_ENTRY_KEYS]
+        if unknown:
+            raise ConfigError(f"a task entry has no key {unknown[0]!r}", where=w, fix=f"its keys are: {', '.join(_TASK_ENTRY_KEYS)}")
+        for k in ("data", "prompt", "train"):
+            if k in entry and not isinstance(entry[k], dict):
+                raise ConfigError(f"{k} in a task entry must be a mapping of {k} keys", where=f"{w}.{k}", fix=f"write {k}: {{...}}")
+        data = entry.get("data") or {}
+        label = _slug(str(entry.get("label") or data.get("train") or ""))
+        if not entry.get("label") and not isinstance(data.get("train"), str):
+            raise ConfigError("a task entry needs a `label` (or data.train naming its data)", where=w, fix="add label: <a short name>")
+        if label in [t for t, _ in tasks]:
+            raise ConfigError(f"two tasks are labelled {label!r}", where=w, fix="give each task entry its own `label`")
+        tasks.append((label, {k: entry[k] for k in ("data", "prompt", "train") if k in entry}))
+    return tasks
 
 
 def _named_entry(entry, what: str, where: str, example: str) -> dict:
@@ -229,12 +293,15 @@ def _named_entry(entry, what: str, where: str, example: str) -> dict:
 
 
 # ---- running ---------------------------------------------------------------------------------
-def cell_fingerprint(cfg: RunConfig) -> dict:
+def cell_fingerprint(cfg: RunConfig, anchor: dict | None = None) -> dict:
+    """What a cell's result depends on: its config (less what cannot change the result), and its anchor if any."""
     d = cfg.model_dump(mode="json")
     d["train"].pop("progress", None)
-    from .methods import METHODS
+    from ..methods import METHODS
 
-    if not METHODS[d["method"]["name"]].trainable:  # trains nothing and does not sample: only the test side matters
+    if anchor is not None:
+        d["anchor"] = anchor
+    elif not METHODS[d["method"]["name"]].trainable:  # trains nothing and does not sample: only the test side matters
         d["train"] = {"eval_batch_size": d["train"]["eval_batch_size"]}
         for k in ("shots_per_class", "dev_shots_per_class", "seed", "dev"):
             d["data"].pop(k, None)
@@ -248,33 +315,51 @@ def cell_done(cell: Cell, root: Path) -> dict | None:
         rec = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if not isinstance(rec, dict) or rec.get("config") != cell_fingerprint(cell.config) or "accuracy" not in rec:
+    if not isinstance(rec, dict) or rec.get("config") != cell_fingerprint(cell.config, cell.anchor) or "accuracy" not in rec:
         return None
     return rec
 
 
 def run_cell(cell: Cell, root: Path, *, keep_backbones: bool = False, progress: bool = False) -> dict:
-    """Run one cell into its own directory (its log in train.log); record cell.json last, atomically."""
-    from .pipeline import is_main_process, run_training
+    """Run one cell into its own directory (its log in train.log); record cell.json last, atomically.
+
+    cell.json keeps, besides the scores, which test rows the cell got right (``correct``: a string of 0/1 in test
+    order, from predictions.jsonl), so that two cells on the same test rows can be compared item by item."""
+    from ..pipeline import is_main_process, run_training
+    from .anchors import run_anchor
 
     d = cell.directory(root)
     main = is_main_process()
+    if cell.anchor is not None and not main:  # an anchor is PEFT's single-process recipe: rank 0 runs it
+        return {"cell": cell.key, "main_process": False}
     if main and d.exists():  # half done (or done with another config): start it afresh
         shutil.rmtree(d)
     lines: list[str] = []
-    res = run_training(cell.config, progress=progress, log=lines.append)
+    if cell.anchor is not None:
+        res = run_anchor(cell.anchor["name"], cell.anchor["options"], cell.config, d, log=lines.append)
+    else:
+        res = run_training(cell.config, progress=progress, log=lines.append)
     if not main:  # under accelerate launch the other processes train their shares; rank 0 records
         return {"cell": cell.key, "main_process": False}
     atomic_write_text(d / "train.log", "\n".join(lines) + "\n")
     if not keep_backbones and (d / "backbone").is_dir():
         shutil.rmtree(d / "backbone")  # a fine-tuned copy of the whole model per cell adds up fast
-    rec = {"cell": cell.key, "model": cell.model, "method": cell.method, "shots": cell.shots, "seed": cell.seed,
+    rec = {"cell": cell.key, "task": cell.task, "model": cell.model, "method": cell.method, "shots": cell.shots, "seed": cell.seed,
            "accuracy": res.get("accuracy"), "macro_f1": res.get("macro_f1"), "n": res.get("n"),
            "trainable_parameters": res.get("trainable_parameters"), "artifact_bytes": res.get("artifact_bytes"),
            "train_steps": (res.get("training") or {}).get("steps"), "best_step": (res.get("training") or {}).get("best_step"),
-           "seconds": res.get("seconds_total"), "config": cell_fingerprint(cell.config)}
+           "seconds": res.get("seconds_total"), "correct": _correct(d), "config": cell_fingerprint(cell.config, cell.anchor)}
     write_json(d / CELL_JSON, rec)
     return rec
+
+
+def _correct(d: Path) -> str | None:
+    """'1'/'0' per test row (right/wrong) from the cell's predictions.jsonl; None where the task writes none."""
+    p = d / "predictions.jsonl"
+    if not p.is_file():
+        return None
+    rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return "".join("1" if r["gold"] == r["predicted"] else "0" for r in rows)
 
 
 def run_grid(grid: Grid, *, progress: bool = True, log: Callable[[str], None] = print,
@@ -282,7 +367,7 @@ def run_grid(grid: Grid, *, progress: bool = True, log: Callable[[str], None] = 
     """Run every cell not yet done, then write the results table and plot. Returns the summary."""
     from tqdm.auto import tqdm
 
-    from .pipeline import is_main_process
+    from ..pipeline import is_main_process
 
     runner = runner or run_cell
     root = grid.output
@@ -321,88 +406,6 @@ def run_grid(grid: Grid, *, progress: bool = True, log: Callable[[str], None] = 
     if not main:
         return {"main_process": False}
     ordered = [records[c.key] for c in grid.cells]
+    from .results import write_results
+
     return write_results(grid, ordered)
-
-
-# ---- results -----------------------------------------------------------------------------------
-def summarise(records: list[dict]) -> list[dict]:
-    """Mean and (population) standard deviation over seeds per model x method x shots."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in records:
-        groups.setdefault((r["model"], r["method"], r["shots"]), []).append(r)
-    rows = []
-    for (model, method, shots), rs in groups.items():
-        acc = [r["accuracy"] for r in rs]
-        f1 = [r["macro_f1"] for r in rs]
-        rows.append({"model": model, "method": method, "shots": shots, "seeds": [r["seed"] for r in rs], "runs": len(rs),
-                     "accuracy_mean": statistics.fmean(acc), "accuracy_std": statistics.pstdev(acc),
-                     "macro_f1_mean": statistics.fmean(f1), "macro_f1_std": statistics.pstdev(f1), "accuracy": acc})
-    return rows
-
-
-def _markdown(grid: Grid, rows: list[dict]) -> str:
-    shots = sorted({r["shots"] for r in rows if r["shots"]})
-    by = {(r["model"], r["method"], r["shots"]): r for r in rows}
-    lines = [f"# Experiment: {grid.source}", "",
-             "Test accuracy, mean ± std over seeds (population std; number of seeds in brackets). "
-             "Zero-shot trains nothing and is the same for every sample, so it is one run per model.", ""]
-    for model in grid.models:
-        lines += [f"## {model}", ""]
-        table = []
-        for method in grid.methods:
-            zero = by.get((model, method, 0))
-            if zero:
-                cells = [f"{zero['accuracy_mean']:.3f}"] * len(shots)
-            else:
-                cells = [f"{r['accuracy_mean']:.3f} ± {r['accuracy_std']:.3f} ({r['runs']})" if (r := by.get((model, method, k))) else "—"
-                         for k in shots]
-            table.append([method, *cells])
-        lines += [md_table(["method", *[f"{k} per class" for k in shots]], table, ["l"] + ["r"] * len(shots)), ""]
-    return "\n".join(lines)
-
-
-def _plot(grid: Grid, rows: list[dict]) -> bytes:
-    import io
-
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    models = grid.models
-    fig = Figure(figsize=(5.5 * len(models), 4), dpi=100)
-    FigureCanvasAgg(fig)
-    shots = sorted({r["shots"] for r in rows if r["shots"]})
-    for j, model in enumerate(models):
-        ax = fig.add_subplot(1, len(models), j + 1)
-        for i, method in enumerate(grid.methods):
-            rs = sorted((r for r in rows if r["model"] == model and r["method"] == method), key=lambda r: r["shots"])
-            if not rs:
-                continue
-            color = f"C{i}"
-            if rs[0]["shots"] == 0:
-                ax.axhline(rs[0]["accuracy_mean"], color=color, linestyle="--", label=method)
-            else:
-                ax.errorbar([r["shots"] for r in rs], [r["accuracy_mean"] for r in rs], yerr=[r["accuracy_std"] for r in rs],
-                            marker="o", capsize=4, color=color, label=method)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(shots or [1])
-        ax.set_xticklabels([str(k) for k in shots] or ["1"])
-        ax.set_xlabel("training examples per class")
-        ax.set_ylabel("test accuracy (mean ± std over seeds)")
-        ax.set_title(model)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def write_results(grid: Grid, records: list[dict]) -> dict:
-    rows = summarise(records)
-    summary = {"source": grid.source, "cells": len(records), "table": rows,
-               "runs": [{k: v for k, v in r.items() if k != "config"} for r in records]}
-    write_json(grid.output / RESULTS_JSON, summary)
-    atomic_write_text(grid.output / RESULTS_MD, _markdown(grid, rows) + "\n")
-    atomic_write_bytes(grid.output / PLOT_PNG, _plot(grid, rows))
-    summary["files"] = [str(grid.output / n) for n in (RESULTS_JSON, RESULTS_MD, PLOT_PNG)]
-    return summary
