@@ -6,96 +6,22 @@ each seed, the first N reviews of the fixed test split. Writes JSON + a Markdown
     .venv/bin/python benchmarks/fewshot_accuracy.py --seeds 0 1 2 --test-size 500 --out benchmarks/results/fewshot
     .venv/bin/python benchmarks/fewshot_accuracy.py --seeds 0 --peft --out benchmarks/results/fewshot-vs-peft
 
---peft also trains PEFT's PromptTuningConfig on the same training reviews of each seed, configured as PEFT's prompt
-tuning guide does: 20 virtual tokens initialised from a task instruction (PromptTuningInit.TEXT), AdamW lr 3e-2,
-batch 8, linear decay without warm-up, the causal-LM loss on the label word after "Review: ...\\nSentiment:", the
-final state kept (PEFT's recipe uses no dev set). Its steps default to prompttune's own default budget for the same
-data (about 30 epochs), so the two get the same number of updates. It is scored on the same test reviews by the
-log-probability of each label word after the prompt (the label set as a restricted decoding).
+--peft also trains PEFT's PromptTuningConfig on the same training reviews of each seed: the `peft-prompt-tuning`
+anchor of `prompttune experiment` (prompttune.experiment.anchors: 20 virtual tokens initialised from a task
+instruction, PromptTuningInit.TEXT, AdamW lr 3e-2, batch 8, linear decay without warm-up, the causal-LM loss on the
+label word after the rendered template, the final state kept: PEFT's recipe uses no dev set). Its steps default to
+prompttune's own default budget for the same data (about 30 epochs), so the two get the same number of updates. It is
+scored on the same test reviews by the same label-word scorer as every prompttune run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-
-def peft_prompt_tuning(backbone, train, test, labels, words, seed: int, *, tokens: int, lr: float, batch: int, steps: int,
-                       init_text: str, prompt: str = "Review: {text}\nSentiment:", eval_batch: int = 16) -> dict:
-    """Train PEFT prompt tuning on ``train`` and return its test accuracy (and the time it took)."""
-    from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
-    from transformers import get_linear_schedule_with_warmup
-
-    tok = backbone.tokenizer
-    torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory() as tdir:
-        tok.save_pretrained(tdir)  # PEFT's TEXT init reads the tokenizer from a path
-        cfg = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=tokens, prompt_tuning_init=PromptTuningInit.TEXT,
-                                 prompt_tuning_init_text=init_text, tokenizer_name_or_path=tdir)
-        model = get_peft_model(backbone.model, cfg)
-    label_ids = [tok(" " + w, add_special_tokens=False)["input_ids"] for w in words]  # the verbalizer's first word per label
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-
-    def encode(row, label_index=None):
-        ids = tok(prompt.format(text=row["text"]), add_special_tokens=True, truncation=True, max_length=240)["input_ids"]
-        target = label_ids[labels.index(row["label"]) if label_index is None else label_index]
-        return ids + target, [-100] * len(ids) + target
-
-    def collate(pairs):
-        n = max(len(i) for i, _ in pairs)
-        ids = torch.full((len(pairs), n), pad)
-        lab = torch.full((len(pairs), n), -100)
-        att = torch.zeros((len(pairs), n), dtype=torch.long)
-        for r, (i, l) in enumerate(pairs):
-            ids[r, :len(i)], lab[r, :len(l)], att[r, :len(i)] = torch.tensor(i), torch.tensor(l), 1
-        return ids, att, lab
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr)
-    sched = get_linear_schedule_with_warmup(opt, 0, steps)
-    rng = random.Random(seed)
-    order: list[int] = []
-    model.train()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        if len(order) < batch:
-            more = list(range(len(train)))
-            rng.shuffle(more)
-            order += more
-        idx, order = order[:batch], order[batch:]
-        ids, att, lab = collate([encode(train[i]) for i in idx])
-        loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
-        loss.backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-    train_seconds = time.perf_counter() - t0
-
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(test), eval_batch):
-            rows = test[start:start + eval_batch]
-            scores = torch.zeros(len(rows), len(labels))
-            for c in range(len(labels)):
-                ids, att, lab = collate([encode(r, c) for r in rows])
-                logits = model(input_ids=ids, attention_mask=att).logits[:, tokens:]  # drop the virtual-token positions
-                logp = logits[:, :-1].float().log_softmax(-1)
-                tgt = lab[:, 1:]
-                mask = tgt != -100
-                scores[:, c] = (logp.gather(-1, tgt.clamp(min=0)[..., None])[..., 0] * mask).sum(-1)
-            gold = torch.tensor([labels.index(r["label"]) for r in rows])
-            correct += int((scores.argmax(-1) == gold).sum())
-    trainable = sum(p.numel() for p in params)
-    return {"seed": seed, "accuracy": correct / len(test), "steps": steps, "train_seconds": train_seconds,
-            "trainable_parameters": trainable}
 
 
 def main() -> None:
@@ -117,7 +43,6 @@ def main() -> None:
     from prompttune.config import with_overrides
     from prompttune.model import PromptModel
     from prompttune.pipeline import build_model, demo_config, load_splits
-    from prompttune.train import steps_for
 
     runs, peft_runs, backbone, zero = [], [], None, None
     for seed in args.seeds:
@@ -137,12 +62,14 @@ def main() -> None:
                      "best_step": res.best_step, "train_seconds": time.perf_counter() - t})
         print(json.dumps(runs[-1]), flush=True)
         if args.peft:
-            labels = pm.labels
-            words = [w if isinstance(w, str) else w[0] for w in (pm.verbalizer.words[l] for l in labels)]
-            steps = args.peft_steps or steps_for(len(train), args.peft_batch)
-            backbone.set_prefix(None)  # a prefix method leaves its keys/values in the attention layers it shares with PEFT
-            peft_runs.append(peft_prompt_tuning(backbone, train, test, labels, words, seed, tokens=args.peft_tokens, lr=args.peft_lr,
-                                                batch=args.peft_batch, steps=steps, init_text=args.peft_init_text))
+            from prompttune.experiment.anchors import ANCHORS, train_anchor
+
+            options = {**ANCHORS["peft-prompt-tuning"].defaults, "num_virtual_tokens": args.peft_tokens, "lr": args.peft_lr,
+                       "batch_size": args.peft_batch, "steps": args.peft_steps, "init_text": args.peft_init_text}
+            anchor, rec = train_anchor("peft-prompt-tuning", options, cfg, train, log=lambda m: None)
+            peft_runs.append({"seed": seed, "accuracy": anchor.evaluate(test)["accuracy"], "steps": rec["steps"],
+                              "train_seconds": rec["seconds"], "trainable_parameters": rec["trainable_parameters"]})
+            del anchor
             print(json.dumps({"peft": peft_runs[-1]}), flush=True)
     accs = [r["accuracy"] for r in runs]
     summary = {"zero_shot_accuracy": zero, "method": args.method, "overrides": args.overrides, "test_size": args.test_size,

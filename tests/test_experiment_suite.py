@@ -123,6 +123,7 @@ def test_paired_table_counts_wins_ties_and_losses_per_seed(suite_raw):
     assert "| task | model | zero-shot | soft-prompt | peft-lora | soft-prompt vs zero-shot (W/T/L) | soft-prompt vs peft-lora (W/T/L) |" in md
     assert f"| a | {model} | 0.250 | 0.850 ± 0.150 (2) | 0.975 ± 0.025 (2) | 2/0/0 | 0/1/1 |" in md
     assert "## b / " + model in md and "McNemar" in md
+    assert "| zero-shot | 0 | — | 2 |" in md and "| peft-lora | 0 | — | 4 |" in md  # efficiency: the fakes record none
 
 
 def test_a_real_suite_records_predictions_and_both_peft_anchors_train_and_score(suite_raw):
@@ -155,6 +156,8 @@ def test_a_real_suite_records_predictions_and_both_peft_anchors_train_and_score(
                 assert rec["trainable_parameters"] > 0
     assert hidden is not None and hidden == int(hidden)  # 3 virtual tokens x the hidden size
     assert len(res["paired"]) == 3 and {p["method"] for p in res["paired"]} == {"zero-shot", "peft-prompt-tuning", "peft-lora"}
+    md = (g.output / "results.md").read_text()
+    assert f"| peft-prompt-tuning | {3 * int(hidden):,} |" in md and "| zero-shot | 0 |" in md
 
 
 def test_the_shipped_suite_is_valid():

@@ -73,7 +73,7 @@ def _mean_std(r: dict | None) -> str:
     return f"{r['accuracy_mean']:.3f}" if r["shots"] == 0 else f"{r['accuracy_mean']:.3f} ± {r['accuracy_std']:.3f} ({r['runs']})"
 
 
-def _markdown(grid, rows: list[dict], tallies: list[dict]) -> str:
+def _markdown(grid, rows: list[dict], tallies: list[dict], records: list[dict]) -> str:
     shots = sorted({r["shots"] for r in rows if r["shots"]})
     by = {(r["task"], r["model"], r["method"], r["shots"]): r for r in rows}
     lines = [f"# Experiment: {grid.source}", "",
@@ -98,6 +98,7 @@ def _markdown(grid, rows: list[dict], tallies: list[dict]) -> str:
         if grid.compare:
             lines += [f"W/T/L: seeds where {grid.compare} is significantly more accurate / not significantly different / "
                       f"significantly less accurate on the same test rows (McNemar's exact test, p < {ALPHA}).", ""]
+        lines += _efficiency(grid, records)
     for t in tasks:
         for model in grid.models:
             lines += [f"## {t + ' / ' if t else ''}{model}", ""]
@@ -111,6 +112,19 @@ def _markdown(grid, rows: list[dict], tallies: list[dict]) -> str:
                                      f"{x['wins']}/{x['ties']}/{x['losses']}", ", ".join(f"{p:.3g}" for p in x["p"])] for x in mine],
                                    ["l", "r", "r", "r", "l"]), ""]
     return "\n".join(lines)
+
+
+def _efficiency(grid, records: list[dict]) -> list[str]:
+    """Trainable parameters and wall seconds per cell (training and testing), per method over every task and seed."""
+    table = []
+    for m in grid.methods:
+        rs = [r for r in records if r["method"] == m]
+        params = sorted({r.get("trainable_parameters") or 0 for r in rs})
+        secs = [r["seconds"] for r in rs if r.get("seconds") is not None]
+        table.append([m, " / ".join(f"{p:,}" for p in params) or "—",
+                      f"{statistics.median(secs):.0f}" if secs else "—", str(len(rs))])
+    return ["Efficiency (every task and seed; seconds on the machine that ran the cells, train + test, side by side):", "",
+            md_table(["method", "trainable parameters", "seconds per cell (median)", "cells"], table, ["l", "r", "r", "r"]), ""]
 
 
 def _plot(grid, rows: list[dict]) -> bytes:
@@ -158,7 +172,7 @@ def write_results(grid, records: list[dict]) -> dict:
     summary = {"source": grid.source, "cells": len(records), "table": rows, "paired": pairs, "tally": tallies,
                "runs": [{k: v for k, v in r.items() if k not in ("config", "correct")} for r in records]}
     write_json(grid.output / RESULTS_JSON, summary)
-    atomic_write_text(grid.output / RESULTS_MD, _markdown(grid, rows, tallies) + "\n")
+    atomic_write_text(grid.output / RESULTS_MD, _markdown(grid, rows, tallies, records) + "\n")
     atomic_write_bytes(grid.output / PLOT_PNG, _plot(grid, rows))
     summary["files"] = [str(grid.output / n) for n in (RESULTS_JSON, RESULTS_MD, PLOT_PNG)]
     return summary
