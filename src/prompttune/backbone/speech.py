@@ -162,6 +162,38 @@ class SpeechSeq2Seq(CausalLM):
     def content_free_audio(self):
         return SILENCE
 
+    def served_audio(self, text: str, where: str) -> np.ndarray:
+        """A clip sent to the server: a sound file's bytes (WAV, FLAC, OGG) in base64, optionally as a ``data:`` URL,
+        as a 16 kHz waveform, checked to fit the window. A server never reads a path it is sent."""
+        import base64
+        import binascii
+        import io
+
+        from ..errors import TemplateError
+
+        how = "send the clip file's bytes in base64, e.g. base64.b64encode(open('clip.wav', 'rb').read()).decode()"
+        data = text.split(",", 1)[1] if text.startswith("data:") else text
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise TemplateError("the audio field is not base64 (a server hears clips sent to it, never paths)",
+                                where=where, fix=how) from None
+        soundfile, _ = audio_libraries()
+        try:
+            wave, rate = soundfile.read(io.BytesIO(raw), dtype="float32", always_2d=True)
+        except Exception as e:  # soundfile.LibsndfileError and friends
+            raise TemplateError(f"the audio field is not a sound file ({str(e).splitlines()[0][:200]})", where=where,
+                                fix=f"{how}: WAV, FLAC or OGG") from None
+        try:
+            wave = read_audio({"array": wave.mean(axis=1), "sampling_rate": rate}, where)
+        except DataError as e:
+            raise TemplateError(e.what, where=where, fix=e.fix) from None
+        window = getattr(self.feature_extractor, "n_samples", 30 * SAMPLE_RATE)
+        if len(wave) > window:
+            raise TemplateError(f"the clip is {len(wave) / SAMPLE_RATE:.1f} s long; Whisper hears {window / SAMPLE_RATE:.0f} s at a time",
+                                where=where, fix=f"cut it into clips of at most {window / SAMPLE_RATE:.0f} s")
+        return wave
+
     # ---- the encoder -------------------------------------------------------------------------
     def features(self, audios: list, keys: list[str] | None = None, where: str = "audio") -> torch.Tensor:
         """(n, mels, frames) log-mel features of each clip, padded to Whisper's 30 s window; with ``keys``, a clip

@@ -12,8 +12,8 @@
   padding them all to the longest (:func:`~prompttune.serve.tasks.length_groups`).
 
 Rows that cannot share the mixed forward (a method that does not ``shares_batch``, e.g. a prefix in every attention
-layer, or an encoder + head task carrying its own classification head, put into the backbone for that task's
-forward) are still batched with the other requests of their own task.
+layer, an encoder + head task carrying its own classification head, put into the backbone for that task's forward,
+or a speech task, whose rows carry clips) are still batched with the other requests of their own task.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class ServedClassification(ServedTask):
     operations = frozenset({"predict"})
 
     def __init__(self, name, directory, meta, pm, engine: "ServeEngine"):
-        super().__init__(name, directory, meta)
+        super().__init__(name, directory, meta, family=pm.backbone.family)
         self.pm = pm
         self.labels = list(pm.labels)
         self.fields = list(pm.template.fields)
@@ -66,7 +66,8 @@ class ServedClassification(ServedTask):
         if engine.backbone.family.has_task_head:
             own = {k: v.detach().clone() for k, v in pm.method.trained_head.items()}
             self.head = {k: own.get(k, v) for k, v in engine.base_head.items()}
-        self.own_forward = self.deep or self.head is not None
+        # a speech family's rows carry their clips' features, which the mixed forward's text rows do not merge
+        self.own_forward = self.deep or self.head is not None or self.hears is not None
         if engine.prefix_cache and engine.backbone.family.caches_prompt and not self.deep:
             # the position before the mask reads the first label token: it (and anything after) is computed per row
             self.build_prompt_cache(engine, lambda row: pm.renderer.render(row, reserve=pm.reserve), self.table,

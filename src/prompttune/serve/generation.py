@@ -49,13 +49,14 @@ class ServedGeneration(ServedTask):
     operations = frozenset({"generate"})
 
     def __init__(self, name, directory, meta, gm):
-        super().__init__(name, directory, meta)
+        super().__init__(name, directory, meta, family=gm.backbone.family)
         self.gm = gm
         self.fields = list(gm.template.fields)
         with torch.no_grad():
             table = gm.method.soft_table(gm.backbone)
             self.table = table.detach() if table is not None else None
-        self.deep = not gm.method.shares_batch  # e.g. a prefix: one per generate() call
+        # one task per generate() call: a prefix (one per forward), or a speech task (its method puts in the clips)
+        self.deep = not gm.method.shares_batch or self.hears is not None
 
     @classmethod
     def load(cls, engine, name, directory, meta):
@@ -135,7 +136,7 @@ class ServedGeneration(ServedTask):
                 tables.append(t.table)
             off = offsets.get(t.name, 0)
             r = t.cut(j.payload.source, p)  # the cached prompt's tokens come from the cache
-            sources.append(Rendered(r.ids, [s + off if s >= 0 else s for s in r.soft], r.mask))
+            sources.append(Rendered(r.ids, [s + off if s >= 0 else s for s in r.soft], r.mask, audio=r.audio))
         batch = first.gm.pad_sources(sources).to(engine.device)
         past = row_cache(plen, [j.task for j in jobs], engine.device) if use_cache else None
         if first.deep:  # one prefix task: its own method builds the inputs and puts its prefix in the attention layers

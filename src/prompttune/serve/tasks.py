@@ -26,7 +26,7 @@ import torch
 
 from ..backbone.family import PromptCache
 from ..errors import ArtifactError, TemplateError, check_input_texts
-from ..template import Rendered
+from ..template import AUDIO_FIELD, Rendered
 from .errors import TaskConflictError, UnsupportedError
 
 if TYPE_CHECKING:
@@ -54,10 +54,11 @@ class ServedTask:
     kind: ClassVar[str]
     operations: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, name: str, directory: Path, meta: dict):
+    def __init__(self, name: str, directory: Path, meta: dict, family=None):
         self.name = name
         self.directory = directory
         self.meta = meta
+        self.hears = family if family is not None and family.hears else None  # a speech family: {audio} comes as a clip
         self.prefix_ids: list[int] = []  # the prompt cache: the tokens every input starts with ...
         self.prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # ... and their keys/values per layer
         self._cacheable: Callable[[Rendered], int] = len
@@ -100,7 +101,7 @@ class ServedTask:
     @staticmethod
     def cut(r: Rendered, p: int) -> Rendered:
         """``r`` without its first ``p`` tokens (those the cache supplies)."""
-        return r if not p else Rendered(r.ids[p:], r.soft[p:], r.mask - p if r.mask is not None else None)
+        return r if not p else Rendered(r.ids[p:], r.soft[p:], r.mask - p if r.mask is not None else None, audio=r.audio)
 
     @classmethod
     def load(cls, engine: "ServeEngine", name: str, directory: Path, meta: dict) -> "ServedTask":
@@ -130,7 +131,14 @@ class ServedTask:
     def as_row(self, x, index: int | None = None) -> dict:
         """One input (an object with the template's fields, or a bare string for a one-field template) as a row.
         ``index``: its place in the request, named in errors."""
-        check_input_texts(x, "input" if index is None else f"inputs[{index}]")
+        where = "input" if index is None else f"inputs[{index}]"
+        row = self._as_row(x, where)
+        if self.hears is not None and AUDIO_FIELD in row:
+            row[AUDIO_FIELD] = self.hears.served_audio(row[AUDIO_FIELD], f"{where}, field {AUDIO_FIELD!r}")
+        return row
+
+    def _as_row(self, x, where: str) -> dict:
+        check_input_texts(x, where)
         if isinstance(x, Mapping):
             missing = [f for f in self.fields if f not in x]
             if missing:
@@ -155,10 +163,6 @@ class ServedTask:
         from ..methods import METHODS
 
         bb = engine.backbone
-        if bb.family.hears:
-            raise TaskConflictError(f"the serving engine does not serve speech models yet ({bb.name!r} is a {bb.family.name}): "
-                                    "requests carry text, not audio", where=str(directory),
-                                    fix="load the artifact with prompttune.load() and call predict / generate on clips")
         method = meta.get("method", {}).get("name")
         mcls = METHODS.get(method)
         if meta.get("trained_backbone") or (mcls is not None and mcls.trains_backbone):
