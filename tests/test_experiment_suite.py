@@ -171,3 +171,30 @@ def test_the_shipped_suite_is_valid():
     assert len(g.cells) == 6 * (1 + 3 * 5)
     topics = next(c for c in g.cells if c.task == "bbc-news" and c.method == "peft-lora")
     assert topics.config.prompt.template.startswith("Headline: {headline}") and len(topics.config.prompt.verbalizer) == 5
+
+
+@pytest.mark.parametrize("kind", ["prompt-tuning", "lora"])
+def test_the_anchors_label_loss_equals_the_models_own_loss_and_gradients(saved_tiny, kind):
+    import torch
+    from peft import LoraConfig, PromptTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from prompttune.experiment.anchors import label_loss
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(saved_tiny("llama"))
+    cfg = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4) if kind == "prompt-tuning" else \
+        LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False)
+    model = get_peft_model(base, cfg)
+    ids = torch.randint(5, 90, (3, 9))
+    att = torch.ones_like(ids)
+    att[1, 7:] = 0  # right padding
+    lab = torch.full_like(ids, -100)
+    lab[0, 6:9], lab[1, 5:7], lab[2, 8] = ids[0, 6:9], ids[1, 5:7], ids[2, 8]  # label words of 3, 2 and 1 tokens
+    params = [p for p in model.parameters() if p.requires_grad]
+    ours = label_loss(model, ids, att, lab, virtual=4 if kind == "prompt-tuning" else 0)
+    g_ours = torch.autograd.grad(ours, params)
+    theirs = model(input_ids=ids, attention_mask=att, labels=lab).loss
+    g_theirs = torch.autograd.grad(theirs, params)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g_ours, g_theirs))

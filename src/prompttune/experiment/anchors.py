@@ -9,8 +9,9 @@ by the same scorer (so per-item predictions pair up for McNemar's test):
 - ``peft-lora``: ``LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=32, lora_dropout=0.1)`` as PEFT's quicktour
   writes it, AdamW at lr 1e-3.
 
-Both train with the causal-LM loss on the label word after the rendered template (what PEFT's recipes do), for as
-many steps as prompttune's default budget gives the same data, and keep the final state (PEFT's recipes use no dev
+Both train with the causal-LM loss on the label word after the rendered template (what PEFT's recipes do; computed
+by :func:`label_loss` with the output layer only where a label token is predicted: the same loss and gradients), for
+as many steps as prompttune's default budget gives the same data, and keep the final state (PEFT's recipes use no dev
 set). The trained prompt is taken into prompttune through :func:`prompttune.interop.import_peft` (prompt tuning) or
 merged into the weights (LoRA), and scored by label-word log-probabilities like every other cell.
 """
@@ -114,6 +115,7 @@ def train_anchor(name: str, options: dict, cfg, train: list[dict], *, log=print)
             pcfg = LoraConfig(task_type="CAUSAL_LM", r=int(options["r"]), lora_alpha=int(options["lora_alpha"]),
                               lora_dropout=float(options["lora_dropout"]))
         model = get_peft_model(backbone.model, pcfg)
+    virtual = int(options["num_virtual_tokens"]) if name == "peft-prompt-tuning" else 0  # PEFT puts them in front
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=float(options["lr"]))
     sched = get_linear_schedule_with_warmup(opt, 0, steps)
@@ -127,7 +129,7 @@ def train_anchor(name: str, options: dict, cfg, train: list[dict], *, log=print)
             order += more
         idx, order = order[:batch], order[batch:]
         ids, att, lab = collate([encode(train[i]) for i in idx])
-        loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
+        loss = label_loss(model, ids, att, lab, virtual=virtual)
         loss.backward()
         opt.step()
         sched.step()
@@ -148,6 +150,19 @@ def train_anchor(name: str, options: dict, cfg, train: list[dict], *, log=print)
         backbone.model = model.merge_and_unload()
         pm = PromptModel(backbone, cfg.prompt.template, cfg.prompt.verbalizer, "zero-shot", max_length=cfg.prompt.max_length)
     return pm, record
+
+
+def label_loss(model, ids: torch.Tensor, att: torch.Tensor, lab: torch.Tensor, *, virtual: int = 0) -> torch.Tensor:
+    """The causal-LM loss ``model(input_ids, attention_mask, labels=lab).loss`` computes (mean cross-entropy over the
+    label tokens), with the output layer run only at the positions that predict one (transformers' ``logits_to_keep``
+    mask): the same value and gradients, without a 49,152-word softmax at every position of every row."""
+    import torch.nn.functional as F
+
+    want = lab[:, 1:] != -100  # position j predicts token j + 1
+    keep = torch.zeros((ids.shape[0], virtual + ids.shape[1]), dtype=torch.bool)
+    keep[:, virtual:virtual + ids.shape[1] - 1] = want
+    logits = model(input_ids=ids, attention_mask=att, logits_to_keep=keep).logits  # (label tokens, vocab), row-major
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), lab[:, 1:][want])
 
 
 def run_anchor(name: str, options: dict, cfg, out: Path, *, log=print) -> dict:
