@@ -141,7 +141,7 @@ def expand(raw: dict, *, where: str = "grid", overrides: list[str] | None = None
     from ..config import apply_overrides
     from ..methods import METHODS
     from ..template import Template
-    from .anchors import ANCHORS, check_anchor_template
+    from .anchors import check_anchor_template
 
     raw = copy.deepcopy(raw)
     grid = raw.pop("grid", None)

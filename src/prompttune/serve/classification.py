@@ -67,7 +67,7 @@ class ServedClassification(ServedTask):
             own = {k: v.detach().clone() for k, v in pm.method.trained_head.items()}
             self.head = {k: own.get(k, v) for k, v in engine.base_head.items()}
         # a speech family's rows carry their clips' features, which the mixed forward's text rows do not merge
-        self.own_forward = self.deep or self.head is not None or self.hears is not None
+        self.own_forward = self.deep or self.head is not None or self.speech is not None
         if engine.prefix_cache and engine.backbone.family.caches_prompt and not self.deep:
             # the position before the mask reads the first label token: it (and anything after) is computed per row
             self.build_prompt_cache(engine, lambda row: pm.renderer.render(row, reserve=pm.reserve), self.table,

@@ -56,7 +56,7 @@ class ServedGeneration(ServedTask):
             table = gm.method.soft_table(gm.backbone)
             self.table = table.detach() if table is not None else None
         # one task per generate() call: a prefix (one per forward), or a speech task (its method puts in the clips)
-        self.deep = not gm.method.shares_batch or self.hears is not None
+        self.deep = not gm.method.shares_batch or self.speech is not None
 
     @classmethod
     def load(cls, engine, name, directory, meta):

@@ -58,7 +58,7 @@ class ServedTask:
         self.name = name
         self.directory = directory
         self.meta = meta
-        self.hears = family if family is not None and family.hears else None  # a speech family: {audio} comes as a clip
+        self.speech = family if family is not None and family.hears else None  # the speech family ({audio} comes as a clip), else None
         self.prefix_ids: list[int] = []  # the prompt cache: the tokens every input starts with ...
         self.prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # ... and their keys/values per layer
         self._cacheable: Callable[[Rendered], int] = len
@@ -133,8 +133,8 @@ class ServedTask:
         ``index``: its place in the request, named in errors."""
         where = "input" if index is None else f"inputs[{index}]"
         row = self._as_row(x, where)
-        if self.hears is not None and AUDIO_FIELD in row:
-            row[AUDIO_FIELD] = self.hears.served_audio(row[AUDIO_FIELD], f"{where}, field {AUDIO_FIELD!r}")
+        if self.speech is not None and AUDIO_FIELD in row:
+            row[AUDIO_FIELD] = self.speech.served_audio(row[AUDIO_FIELD], f"{where}, field {AUDIO_FIELD!r}")
         return row
 
     def _as_row(self, x, where: str) -> dict:

@@ -151,10 +151,9 @@ class ClassificationTask(Task):
 
     def run_record(self, stage, cfg, metrics, zero, test):
         pm = self.model
-        if test and "predictions" in metrics:
-            write_predictions(stage, pm.labels, test, metrics)
         samples = []
         if test and "predictions" in metrics:
+            write_predictions(stage, pm.labels, test, metrics)
             fields = pm.template.fields
             samples = [{"text": " | ".join(test[i][f] for f in fields), "gold": test[i]["label"],
                         "predicted": pm.labels[metrics["predictions"][i]], "probability": round(metrics["probabilities"][i], 4)}
@@ -226,8 +225,6 @@ class ClassificationTask(Task):
                   for label, pc in m["per_class"].items())]
 
     def show(self, x, answer):
-        import json
-
         probs = "  ".join(f"{k}={v:.3f}" for k, v in answer["probabilities"].items())
         shown = x if isinstance(x, str) else json.dumps(x, ensure_ascii=False)
         return f"{answer['label']:>12}  ({probs})  {shown[:100]}"
