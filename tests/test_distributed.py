@@ -265,7 +265,7 @@ def test_fsdp_version_1_is_refused_with_the_fix():
     from accelerate.utils import DistributedType
 
     from prompttune.errors import ConfigError
-    from prompttune.train import distributed_engine
+    from prompttune.checkpoint import distributed_engine
 
     with pytest.raises(ConfigError, match="FSDP version 1 is not supported.*fsdp_version: 2"):
         distributed_engine(SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=False))

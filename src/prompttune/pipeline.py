@@ -56,6 +56,7 @@ def _fit(model, cfg: RunConfig, train, dev, out: Path, *, progress: bool, log, m
     result = model.fit(train, dev, **tc.model_dump())
     if main and not cfg.train.stop_after and tc.checkpoint_dir:  # finished: the checkpoint has served its purpose
         shutil.rmtree(Path(tc.checkpoint_dir) / "checkpoint", ignore_errors=True)
+        shutil.rmtree(Path(tc.checkpoint_dir) / "refit", ignore_errors=True)
         if not cfg.train.checkpoint_dir:
             shutil.rmtree(Path(tc.checkpoint_dir), ignore_errors=True)
     for note in result.notes:
@@ -64,6 +65,10 @@ def _fit(model, cfg: RunConfig, train, dev, out: Path, *, progress: bool, log, m
     epochs = f" ({result.epochs:g} epochs)" if result.epochs is not None else ""
     log(f"trained {result.steps} steps{epochs} in {result.seconds:.1f}s{rate}; best dev {result.best_dev} at step {result.best_step}"
         + (f"; on all {len(dev)} dev examples {result.final_dev}" if result.final_dev else ""))
+    if result.refit:
+        r = result.refit
+        log(f"refit: trained again from the initial prompt on train + dev ({r['examples']} examples) for {r['steps']} steps "
+            f"({r['epochs']:g} epochs) in {r['seconds']:.1f}s; the final state is kept")
     return result
 
 
@@ -74,7 +79,7 @@ def _unsharded(model, result, rebuild, log):
         return model
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-    from .train import load_trained
+    from .checkpoint import load_trained
 
     log("loading the trained parameters (gathered from FSDP2 / DeepSpeed) into a whole copy of the model")
     # Training is over. After ZeRO-3, transformers would still load the copy partitioned and generate() in lock-step

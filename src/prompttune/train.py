@@ -8,21 +8,18 @@ to a temporary name and renamed).
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from .errors import ConfigError
 from .schemas import TrainConfig
-from .files import recover_directory, replace_directory
+from .checkpoint import Checkpoint, distributed_engine, restore_state, save_checkpoint, trained_state
+from .files import recover_directory
 
 
 MIN_EPOCHS = 3  # the default budget never stops a large training set short of this many passes
@@ -69,6 +66,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     stopped_early: bool = False
+    interrupted: bool = False  # halted by stop_after before max_steps (as a killed run would be): the state is not restored
     epochs: float | None = None  # passes over the training data the optimizer steps made
     examples_per_second: float | None = None  # training examples through forward + backward per second, dev scoring excluded
     dev_examples: int | None = None  # dev rows scored at each evaluation (a sample of the dev set when it is large)
@@ -78,6 +76,9 @@ class TrainResult:
     # whole copy built the same way (``load_trained``) to save or evaluate it, as ``prompttune train`` does.
     trained: dict[str, torch.Tensor] | None = None
     notes: list[str] = field(default_factory=list)  # what the run could not do as asked, for the log
+    # train.refit: the kept state was trained again on train + dev for the epochs dev chose ({steps, examples, epochs,
+    # seconds}); steps, best_step, best_dev and history above describe the selection pass
+    refit: dict | None = None
 
 
 def batches_for_epoch(lengths, batch_size, seed, epoch):
@@ -126,12 +127,9 @@ class EpochBatches:
         return 10**9
 
 
-def train(pm, train_rows, dev_rows, cfg: TrainConfig):
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from torch.utils.data import DataLoader
-    from transformers import get_scheduler
-
+def train(pm, train_rows, dev_rows, cfg: TrainConfig) -> TrainResult:
+    """Train the method's parameters of ``pm`` (in place) on ``train_rows``, choosing the state on ``dev_rows``; with
+    ``cfg.refit``, then again from the initial state on train + dev for the epochs dev chose, keeping the final state."""
     if not pm.method.trainable:
         raise ConfigError(f"method {pm.method.name!r} has nothing to train", where="method.name",
                           fix="use soft-prompt, prompt-finetune or head-finetune, or run eval instead of train")
@@ -146,6 +144,37 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
     if own is not None:
         pm.eval()
         return own
+    if not (cfg.refit and dev_rows):
+        return _optimise(pm, task, train_rows, dev_rows, cfg)
+    if any(os.environ.get(k, "").lower() in ("1", "true") for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")):
+        raise ConfigError("train.refit is not supported under FSDP or DeepSpeed (the second pass would shard the model again)",
+                          where="train.refit", fix="set refit: false, or train with DDP / on one process")
+    initial = trained_state(pm)
+    chosen = _optimise(pm, task, train_rows, dev_rows, cfg)
+    if chosen.interrupted:
+        return chosen  # interrupted (stop_after): a resumed run finishes the selection, then refits
+    if chosen.best_step == 0:
+        chosen.notes.append("no refit: dev preferred the untrained prompt to every trained state")
+        return chosen
+    rows = list(train_rows) + list(dev_rows)
+    # as many passes over train + dev as dev chose over train: a larger set takes proportionally more steps
+    steps = max(1, round(chosen.best_step * len(rows) / len(train_rows)))
+    restore_state(pm, initial)
+    ckpt = str(Path(cfg.checkpoint_dir) / "refit") if cfg.checkpoint_dir else None
+    final = _optimise(pm, task, rows, [], cfg.model_copy(update={"max_steps": steps, "epochs": None, "refit": False,
+                                                                 "stop_after": None, "checkpoint_dir": ckpt}))
+    chosen.refit = {"steps": final.steps, "examples": len(rows), "epochs": final.epochs, "seconds": final.seconds}
+    chosen.examples_per_second, chosen.trained = final.examples_per_second, final.trained
+    chosen.notes += final.notes
+    return chosen
+
+
+def _optimise(pm, task, train_rows, dev_rows, cfg: TrainConfig) -> TrainResult:
+    """One training pass: AdamW on the method's parameters, dev evaluations with early stopping and best-state restore."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader
+    from transformers import get_scheduler
 
     if cfg.gradient_checkpointing:
         pm.backbone.gradient_checkpointing(True)
@@ -187,7 +216,7 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
     if ckpt is not None and main:
         recover_directory(ckpt)  # a run killed while replacing its checkpoint left the previous one beside it
     if cfg.resume and ckpt is not None and (ckpt / "trainer_state.json").exists():
-        saved = _Checkpoint.read(ckpt, names)
+        saved = Checkpoint.read(ckpt, names)
         saved.load_parameters(pm)  # while the model is whole: FSDP2 and DeepSpeed take the values from it
         state, best = saved.meta["trainer"], saved.best
 
@@ -280,14 +309,15 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
                 stopped_early = True
                 break
         if ckpt is not None and state["step"] % ckpt_every == 0:
-            _save_checkpoint(ckpt, state, pm, names, optimizer, scheduler, best, write=main,
+            save_checkpoint(ckpt, state, pm, names, optimizer, scheduler, best, write=main,
                              with_optimizer=engine != "deepspeed")
         if cfg.stop_after and state["step"] >= cfg.stop_after:
             break
     bar.close()
     seconds = time.perf_counter() - start
     accelerator.wait_for_everyone()
-    if best is not None and not (cfg.stop_after and state["step"] < max_steps and not stopped_early):
+    interrupted = bool(cfg.stop_after and state["step"] < max_steps and not stopped_early)
+    if best is not None and not interrupted:
         restore_state(pm, best)
     if cfg.log_with:
         accelerator.end_training()
@@ -299,7 +329,7 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig):
     done = state["step"] - start_step
     train_seconds = seconds - timing["dev"]
     return TrainResult(steps=state["step"], best_step=state["best_step"] if state["best_dev"] else state["step"], best_dev=state["best_dev"],
-                       history=state["history"], seconds=seconds, stopped_early=stopped_early,
+                       history=state["history"], seconds=seconds, stopped_early=stopped_early, interrupted=interrupted,
                        epochs=round(state["step"] * per_step / len(train_rows), 4),
                        examples_per_second=done * per_step / train_seconds if done and train_seconds > 0 else None,
                        dev_examples=len(scored) if dev_rows else None, final_dev=final_dev,
@@ -320,174 +350,3 @@ def _param_names(pm, params) -> list[str]:
     return [by_id.get(id(p), f"param{i}") for i, p in enumerate(params)]
 
 
-# ---- trainable state, whole or sharded ------------------------------------------------------------
-# torch's distributed state-dict API gathers and scatters FSDP2 shards (and is a plain copy otherwise);
-# under DeepSpeed (ZeRO-1/2/3) the values are its float32 masters, read and written through deepspeed.utils.
-def distributed_engine(accelerator) -> str | None:
-    """'fsdp2' or 'deepspeed' when accelerate hands the model to one of them; None for one process or DDP."""
-    from accelerate.utils import DistributedType
-
-    if accelerator.distributed_type == DistributedType.FSDP:
-        if not accelerator.is_fsdp2:
-            raise ConfigError("FSDP version 1 is not supported (it flattens parameters into one tensor per wrapped module)",
-                              where="accelerate config (fsdp_config.fsdp_version)",
-                              fix="set fsdp_version: 2, as examples/accelerate/fsdp.yaml does")
-        return "fsdp2"
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        return "deepspeed"
-    return None
-
-
-def _deepspeed_managed(params) -> bool:
-    """DeepSpeed marks the parameters it keeps float32 masters of: ``ds_id`` (ZeRO-3) or ``_hp_mapping`` (ZeRO-1/2)."""
-    return any(hasattr(p, "ds_id") or getattr(p, "_hp_mapping", None) is not None for p in params)
-
-
-def _state_options(**kw):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    return StateDictOptions(full_state_dict=True, **kw)
-
-
-def trained_state(pm) -> dict[str, torch.Tensor]:
-    """The trainable parameters' full float32 values by name, as CPU copies. Collective when distributed: every process
-    calls it; the main one gets the values (under DDP and FSDP2 the others get an empty dict)."""
-    trainable = {n: p for n, p in pm.named_parameters() if p.requires_grad}
-    if _deepspeed_managed(trainable.values()):  # the optimizer's float32 masters, not the (maybe bf16) module copies
-        from deepspeed.utils import safe_get_full_fp32_param
-
-        return {n: safe_get_full_fp32_param(p).detach().cpu().clone() for n, p in trainable.items()}
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-    sd = get_model_state_dict(pm, options=_state_options(cpu_offload=True, ignore_frozen_params=True))
-    # (torch keeps the second name of a tied weight even when it is frozen: only the trainable names are kept)
-    return {k: v.detach().clone() for k, v in sd.items() if k in trainable}
-
-
-def restore_state(pm, values: dict[str, torch.Tensor]) -> None:
-    """Put values from :func:`trained_state` back (collective when distributed: the main process's values are sent)."""
-    import torch.distributed as dist
-
-    trainable = {n: p for n, p in pm.named_parameters() if p.requires_grad}
-    if _deepspeed_managed(trainable.values()):  # every process has the values here
-        from deepspeed.utils import safe_set_full_fp32_param
-
-        for n, v in values.items():
-            safe_set_full_fp32_param(trainable[n], v.to(trainable[n].device))
-        return
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict
-    from torch.distributed.fsdp import FSDPModule
-
-    for m in pm.modules():  # FSDP2 may have left modules unsharded after a forward: loading expects the shards
-        if isinstance(m, FSDPModule):
-            m.reshard()
-    distributed = dist.is_available() and dist.is_initialized()
-    set_model_state_dict(pm, values, options=_state_options(strict=False, broadcast_from_rank0=distributed))
-
-
-def load_trained(pm, values: dict[str, torch.Tensor]) -> None:
-    """Copy full values by name into a whole (unsharded) model, e.g. :attr:`TrainResult.trained` into a model built
-    as the trained one was."""
-    own = dict(pm.named_parameters())
-    missing = sorted(set(values) - set(own))
-    if missing:
-        raise ConfigError(f"the trained state has parameters this model lacks: {missing[:5]}", where="load_trained",
-                          fix="build the model from the same config as the one that was trained")
-    with torch.no_grad():
-        for k, v in values.items():
-            own[k].copy_(v)
-
-
-# ---- checkpoint: safetensors + JSON, never pickle ------------------------------------------------
-_CHECKPOINT_FORMAT = 2  # 2: optimizer state keyed by parameter name (torch's distributed state-dict layout)
-
-
-def _save_checkpoint(ckpt: Path, state, pm, names, optimizer, scheduler, best, *, write: bool, with_optimizer: bool = True) -> None:
-    """Every process calls this (gathering a sharded state is collective); the one with ``write`` writes.
-
-    Under DeepSpeed the optimizer state stays out (its ZeRO partitions have no name-keyed form): a resumed run keeps
-    the parameters, the schedule, the data position and the best state, and restarts AdamW's moments."""
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-    current = trained_state(pm)
-    opt = get_optimizer_state_dict(pm, _inner(optimizer), options=_state_options(cpu_offload=True)) if with_optimizer else None
-    if not write:
-        return
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=ckpt.parent, prefix=".checkpoint-"))
-    tensors = {f"param/{n}": v.contiguous() for n, v in current.items()}
-    if best is not None:
-        tensors.update({f"best/{n}": v.contiguous() for n, v in best.items()})
-    for name, st in (opt["state"] if opt else {}).items():
-        for k, v in st.items():
-            tensors[f"optim/{name}/{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
-    tensors["rng/torch"] = torch.get_rng_state()
-    save_file(tensors, str(tmp / "state.safetensors"))
-    meta = {"format": _CHECKPOINT_FORMAT, "trainer": state, "param_groups": opt["param_groups"] if opt else None,
-            "scheduler": scheduler.state_dict(), "python_rng": _py_rng_to_json(random.getstate()), "names": names}
-    (tmp / "trainer_state.json").write_text(json.dumps(meta, default=_json_default), encoding="utf-8")
-    recover_directory(ckpt)
-    replace_directory(tmp, ckpt)  # one exchange: a kill leaves the previous checkpoint or this one
-
-
-@dataclass
-class _Checkpoint:
-    """A checkpoint read back: parameters go into the whole model before ``accelerator.prepare``; the optimizer,
-    schedule and random state after it."""
-
-    meta: dict
-    tensors: dict
-
-    @classmethod
-    def read(cls, ckpt: Path, names) -> "_Checkpoint":
-        meta = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
-        if meta.get("format") != _CHECKPOINT_FORMAT:
-            raise ConfigError("the checkpoint was written by an older prompttune", where=str(ckpt),
-                              fix="delete the checkpoint directory and train again")
-        if meta["names"] != names:
-            raise ConfigError("the checkpoint was written for other trainable parameters", where=str(ckpt),
-                              fix="resume with the same config, or delete the checkpoint directory")
-        return cls(meta, load_file(str(ckpt / "state.safetensors")))
-
-    def _part(self, prefix: str) -> dict:
-        return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
-
-    @property
-    def best(self) -> dict | None:
-        return self._part("best/") or None
-
-    def load_parameters(self, pm) -> None:
-        load_trained(pm, self._part("param/"))
-
-    def load_training(self, pm, optimizer, scheduler, *, with_optimizer: bool) -> None:
-        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
-        if with_optimizer and self.meta["param_groups"] is not None:
-            opt_state: dict = {}
-            for k, v in self._part("optim/").items():
-                name, key = k.rsplit("/", 1)
-                opt_state.setdefault(name, {})[key] = v
-            set_optimizer_state_dict(pm, _inner(optimizer), {"state": opt_state, "param_groups": self.meta["param_groups"]},
-                                     options=_state_options())
-        scheduler.load_state_dict(self.meta["scheduler"])
-        torch.set_rng_state(self.tensors["rng/torch"])
-        random.setstate(_py_rng_from_json(self.meta["python_rng"]))
-
-
-def _inner(optimizer):
-    """The torch optimizer inside accelerate's wrapper."""
-    return getattr(optimizer, "optimizer", optimizer)
-
-
-def _py_rng_to_json(st):
-    return [st[0], list(st[1]), st[2]]
-
-
-def _py_rng_from_json(st):
-    return (st[0], tuple(st[1]), st[2])
-
-
-def _json_default(o):
-    if torch.is_tensor(o):
-        return o.tolist()
-    return str(o)

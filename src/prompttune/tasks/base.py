@@ -112,7 +112,7 @@ class Task:
             metrics["training"] = {"steps": result.steps, "epochs": result.epochs, "best_step": result.best_step,
                                    "best_dev": result.best_dev, "final_dev": result.final_dev, "dev_examples": result.dev_examples,
                                    "seconds": result.seconds, "examples_per_second": result.examples_per_second,
-                                   "stopped_early": result.stopped_early, "history": result.history}
+                                   "stopped_early": result.stopped_early, "refit": result.refit, "history": result.history}
         metrics["seconds_total"] = time.perf_counter() - t0
         self.finish_record(metrics, samples)
         write_json(stage / "metrics.json", metrics)
