@@ -44,6 +44,16 @@ def workdir(tmp_path, saved_tiny):
     return tmp_path
 
 
+def test_a_refit_run_records_both_passes_and_leaves_no_checkpoint(monkeypatch, capsys, workdir):
+    code, out, err = run(monkeypatch, capsys, "train", workdir / "run.yaml", "--set", "train.refit=true", "--set", "train.lr=0.05",
+                         "--set", "train.max_steps=12")
+    assert code == 0, err
+    m = json.loads((workdir / "out" / "metrics.json").read_text())["training"]
+    assert m["best_step"] > 0, m["history"]  # dev loss 1.29 untrained, 1.06 at step 4
+    assert m["refit"]["examples"] == 32 and m["refit"]["steps"] == round(m["best_step"] * 32 / 16)
+    assert "refit: trained again from the initial prompt on train + dev (32 examples)" in err
+    assert not [p for p in workdir.iterdir() if p.name.startswith(".out")]  # neither pass's checkpoint is left
+
 def test_train_eval_predict_from_a_config_file(monkeypatch, capsys, workdir):
     code, out, err = run(monkeypatch, capsys, "train", workdir / "run.yaml", "--set", "train.seed=3", "--json")
     assert code == 0, err

@@ -185,6 +185,59 @@ def test_artifacts_of_a_speech_prompt_round_trip(backbone, whisper, tmp_path):
     assert torch.allclose(back.predict_log_probs(CLIPS), want, atol=1e-6)
 
 
+
+@pytest.fixture(scope="module")
+def multilingual_whisper(whisper, tmp_path_factory):
+    """The tiny random Whisper saved as a multilingual one (its tokenizer already has Whisper's language tokens)."""
+    import transformers
+
+    model = transformers.WhisperForConditionalGeneration.from_pretrained(whisper)
+    tok = transformers.AutoTokenizer.from_pretrained(whisper)
+    gc = model.generation_config = transformers.GenerationConfig(decoder_start_token_id=50257, eos_token_id=50256, pad_token_id=50256)
+    gc.is_multilingual = True
+    gc.lang_to_id = {t: tok.convert_tokens_to_ids(t) for t in ("<|en|>", "<|zh|>", "<|fr|>")}
+    gc.task_to_id = {"transcribe": tok.convert_tokens_to_ids("<|transcribe|>"), "translate": tok.convert_tokens_to_ids("<|translate|>")}
+    dest = tmp_path_factory.mktemp("whisper") / "tiny-random-multilingual"
+    model.save_pretrained(dest)
+    tok.save_pretrained(dest)
+    transformers.WhisperFeatureExtractor().save_pretrained(dest)
+    return dest
+
+
+@pytest.mark.parametrize("template,start", [
+    ("{audio} It is{mask}.", ["<|en|>", "<|transcribe|>"]),  # Whisper's default: English, transcribed
+    ("{audio:zh} 它是{mask}.", ["<|zh|>", "<|transcribe|>"]),
+    ("{audio: fr   translate }{soft*2} It is{mask}.", ["<|fr|>", "<|translate|>"]),
+])
+def test_a_multilingual_whisper_hears_the_language_and_task_the_template_names(multilingual_whisper, template, start):
+    bb = Backbone.load(str(multilingual_whisper))
+    pm = PromptModel(bb, template, WORDS, method="soft-prompt" if "soft" in template else "zero-shot")
+    ids = pm.render(CLIPS[0]).ids
+    tok = bb.tokenizer
+    assert tok.convert_ids_to_tokens(ids[:4]) == ["<|startoftranscript|>", *start, "<|notimestamps|>"]
+
+
+def test_the_language_of_a_speech_prompt_survives_save_and_load(multilingual_whisper, tmp_path):
+    pm = PromptModel(Backbone.load(str(multilingual_whisper)), "{audio:zh}{soft*3} It is{mask}.", WORDS, method="soft-prompt", seed=5)
+    want = pm.predict_log_probs(CLIPS)
+    back = PromptModel.from_pretrained(pm.save_pretrained(tmp_path / "art"))
+    assert back.template.text.startswith("{audio:zh}")
+    assert back.render(CLIPS[0]).ids[:4] == pm.render(CLIPS[0]).ids[:4]
+    torch.testing.assert_close(back.predict_log_probs(CLIPS), want, atol=1e-6, rtol=0)
+    english = PromptModel(pm.backbone, "{audio:en}{soft*3} It is{mask}.", WORDS, method="soft-prompt", seed=5)
+    assert not torch.allclose(english.predict_log_probs(CLIPS), want, atol=1e-4)  # the language token is heard
+
+
+def test_a_language_a_model_lacks_is_refused_with_the_codes_it_has(multilingual_whisper, backbone):
+    with pytest.raises(TemplateError, match=r"no language 'xx'.*en, fr, zh"):
+        PromptModel(Backbone.load(str(multilingual_whisper)), "{audio:xx} It is{mask}.", WORDS, method="zero-shot")
+    with pytest.raises(TemplateError, match="English-only model"):  # tiny.en: no language or task to choose
+        PromptModel(backbone, "{audio:zh} It is{mask}.", WORDS, method="zero-shot")
+    assert PromptModel(backbone, "{audio:en} It is{mask}.", WORDS, method="zero-shot").render(CLIPS[0]).ids[:2] == [50257, 50362]
+    for bad in ["{audio:chinese} {mask}", "{audio:zh summarise} {mask}", "{audio:} {mask}", "{audio:ZH} {mask}"]:
+        with pytest.raises(TemplateError, match=r"(?s)audio option.*e.g. \{audio:zh\}"):
+            Template(bad)
+
 @pytest.fixture
 def audio_libraries():
     import importlib.util

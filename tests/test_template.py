@@ -621,3 +621,15 @@ def test_round_trip_parse_of_to_text():
         assert parse(to_text(segs)) == segs, to_text(segs)
         checked += 1
     assert checked > 400
+
+
+def test_an_audio_option_names_language_and_task_and_is_written_back():
+    from prompttune.template import Field, segment_text
+
+    t = Template("{audio: zh   translate }{soft*2} {mask}")
+    assert t.segments[0] == Field("audio", "zh translate") and t.fields == ["audio"]
+    assert "".join(segment_text(s) for s in t.segments) == "{audio:zh translate}{soft*2} {mask}"
+    assert Template("{audio:fr}").segments[0] == Field("audio", "fr")
+    assert Template("{audio}").segments[0] == Field("audio")
+    with pytest.raises(TemplateError, match="column 7"):  # only the audio field takes an option
+        Template("Text: {text:zh}")

@@ -37,6 +37,7 @@ def plan_run(cfg: RunConfig) -> dict:
         "eval_every": eval_every,
         "dev_examples_per_evaluation": len(dev_sample(dev, cfg.train)) if dev else 0,
         "lr": cfg.train.lr or model.method.default_lr,
+        "refit": bool(cfg.train.refit and dev and model.method.trainable),
         "output": cfg.output,
         "warnings": warnings,
     }
@@ -66,5 +67,8 @@ def plan_lines(plan: dict) -> list[str]:
     lines.append(f"training  {plan['steps']} steps of {plan['batch_size']} (about {plan['epochs']} epochs, "
                  f"{plan['steps_per_epoch']} steps each), dev every {plan['eval_every']} steps "
                  f"on {plan['dev_examples_per_evaluation']} rows, lr {plan['lr']:g}")
+    if plan.get("refit"):
+        lines.append(f"refit     then again from the initial prompt on train + dev ({rows['train'] + rows['dev']} rows) "
+                     "for the epochs dev chose; the final state is kept")
     lines += [f"warning   {w}" for w in plan["warnings"]]
     return lines

@@ -13,6 +13,8 @@ Syntax (parsed once by a small hand-written scanner: no ``eval``, no Jinja, noth
 - ``{audio}`` (speech models only): where the clip is heard. Its column holds a ``.wav``/``.flac`` path or an array;
   the speech family writes its start-of-transcript tokens there, and the template's text and soft tokens are the
   decoder's (before ``{audio}``: Whisper's previous-text prompt; after it: the start of what is said)
+- ``{audio:zh}``, ``{audio:fr translate}`` (multilingual speech models): the language the clip is in, and whether
+  it is transcribed (the default) or translated into English; Whisper's ``<|zh|><|transcribe|>`` tokens
 
 Rendering turns one example into token ids, the mask position and, per position, the index of the
 soft-token row to write there (-1 elsewhere). Only input fields are ever truncated (longest first);
@@ -32,6 +34,7 @@ _SOFT = re.compile(r"soft(?:#(?P<name>[A-Za-z0-9_\-]+))?(?:\*(?P<count>[0-9]+))?
 _SOFT_START = re.compile(r"soft(?![A-Za-z0-9_\-])")  # {soft...} but not a field such as {software}
 MAX_SOFT_TOKENS = 4096
 AUDIO_FIELD = "audio"  # the field a speech family hears instead of reading
+_AUDIO_OPTION = re.compile(r"(?P<language>[a-z]{2,3})(?:\s+(?P<task>transcribe|translate))?\Z")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class Text:
 @dataclass(frozen=True)
 class Field:
     name: str
+    option: str | None = None  # {audio:zh translate}: what follows ':' (only the audio field takes one)
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,13 @@ def _placeholder(template: str, start: int, body: str) -> Segment:
         if init is not None and not init.strip():
             raise _column_error(template, start, "{soft:} with no init words", "write words after ':' or drop the ':'")
         return Soft(count=count, init=init.strip() if init else None, name=m.group("name"))
+    if stripped.startswith(AUDIO_FIELD + ":"):
+        option = " ".join(stripped[len(AUDIO_FIELD) + 1:].split())
+        if not _AUDIO_OPTION.match(option):
+            raise _column_error(template, start, f"cannot read the audio option {{{body}}}",
+                                "write {audio:<language>} or {audio:<language> translate} with a Whisper language code, "
+                                "e.g. {audio:zh} or {audio:fr translate}")
+        return Field(AUDIO_FIELD, option)
     if not stripped:
         raise _column_error(template, start, "an empty placeholder {}", "name an input field, e.g. {text}, or write '{{}}' for literal braces")
     if not _NAME.match(stripped):
@@ -465,7 +476,7 @@ def segment_text(seg: Segment) -> str:
     if isinstance(seg, Text):
         return seg.text.replace("{", "{{").replace("}", "}}")
     if isinstance(seg, Field):
-        return "{%s}" % seg.name
+        return "{%s}" % (seg.name if seg.option is None else f"{seg.name}:{seg.option}")
     if isinstance(seg, Mask):
         return "{mask}"
     name = f"#{seg.name}" if seg.name else ""

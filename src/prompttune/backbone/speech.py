@@ -134,15 +134,23 @@ class SpeechSeq2Seq(CausalLM):
         self._features, self._encoded = _ClipCache(), _ClipCache()
 
     # ---- the prompt --------------------------------------------------------------------------
-    def start_of_transcript(self) -> list[int]:
-        """``<|startoftranscript|>`` [language, task] ``<|notimestamps|>``, as Whisper writes it."""
+    def start_of_transcript(self, language: str | None = None, task: str = "transcribe") -> list[int]:
+        """``<|startoftranscript|>`` [language, task] ``<|notimestamps|>``, as Whisper writes it. ``language`` (default
+        English) and ``task`` (transcribe, or translate into English) are a multilingual model's; an English-only one
+        takes neither."""
         vocab = self.tokenizer.get_vocab()
         ids = [self.sot_id]
         gc = getattr(self.model, "generation_config", None)
         if getattr(gc, "is_multilingual", False) or getattr(gc, "lang_to_id", None):
-            lang = vocab.get(f"<|{self.language}|>")
-            if lang is not None:
-                ids += [lang, vocab["<|transcribe|>"]] if "<|transcribe|>" in vocab else [lang]
+            lang = vocab.get(f"<|{language or self.language}|>")
+            if lang is None:
+                known = sorted(k[2:-2] for k in (getattr(gc, "lang_to_id", None) or {}))
+                raise TemplateError(f"{self.model.name_or_path or 'this model'} has no language {language!r}", where="prompt.template",
+                                    fix="use one of its Whisper language codes in {audio:<language>}: " + ", ".join(known[:30]))
+            ids += [lang, vocab[f"<|{task}|>"]] if f"<|{task}|>" in vocab else [lang]
+        elif (language or "en") != "en" or task != "transcribe":
+            raise TemplateError(f"{{audio:{language} {task}}} asks an English-only model for another language or task",
+                                where="prompt.template", fix="drop the option, or use a multilingual model such as whisper-base")
         if "<|notimestamps|>" in vocab:
             ids.append(vocab["<|notimestamps|>"])
         return ids
@@ -157,7 +165,9 @@ class SpeechSeq2Seq(CausalLM):
         first = next(s for s in template.segments if not (isinstance(s, Text) and not s.text))
         before = not (isinstance(first, Field) and first.name == AUDIO_FIELD)
         prefix = [self.prev_id] if before and self.prev_id is not None else []
-        return {"audio_ids": self.start_of_transcript(), "specials": (prefix, [])}
+        option = next(s.option for s in template.segments if isinstance(s, Field) and s.name == AUDIO_FIELD)
+        language, _, task = (option or "").partition(" ")
+        return {"audio_ids": self.start_of_transcript(language or None, task or "transcribe"), "specials": (prefix, [])}
 
     def content_free_audio(self):
         return SILENCE
