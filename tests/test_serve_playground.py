@@ -22,6 +22,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from prompttune.serve.app import PLAYGROUND, create_app, playground_file  # noqa: E402
 from test_serve_generation import GEN_SPECS, _write_generation_artifacts  # noqa: E402
+from test_serve_speech import speech_artifacts  # noqa: E402,F401  (fixture)
+from test_speech_family import audio_libraries, whisper  # noqa: E402,F401  (fixtures)
 
 SCREENSHOT = Path(__file__).resolve().parent.parent / "test-artifacts" / "playground.png"
 HOSTILE_LABEL = '<img src=x onerror="document.title=1">'
@@ -253,4 +255,38 @@ def test_a_server_with_an_api_key_asks_for_it_and_then_shows_the_tasks(saved_tin
         _fill_and_run(_card(browser, "sst"), {"text": "a good film"})  # the key travels with predict too
         assert _wait(browser, "section.task .result .label")[0].text in ("negative", "positive")
         browser.execute_script("sessionStorage.clear()")
+    eng.close()
+
+
+def test_a_speech_task_takes_a_sound_file_and_answers_as_its_route_does(whisper, speech_artifacts, audio_libraries, browser, tmp_path):
+    import base64
+
+    import httpx
+    import soundfile
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from test_speech_family import CLIPS, SR
+
+    clip = tmp_path / "clip.wav"
+    soundfile.write(clip, CLIPS[1]["audio"], SR, subtype="FLOAT")
+    eng = ServeEngine(Backbone.load(str(whisper)), max_wait_ms=2)
+    eng.add(speech_artifacts["tone"], name="tone")
+    with _server(create_app(eng)) as url:
+        browser.get(url + "/")
+        _wait(browser, "section.task")
+        card = _card(browser, "tone")
+        assert not card.find_elements(By.TAG_NAME, "textarea")
+        box = card.find_element(By.CSS_SELECTOR, 'input[type="file"][name="audio"]')
+        card.find_element(By.TAG_NAME, "button").click()  # no file chosen yet: said on the page, nothing sent
+        WebDriverWait(browser, 20).until(lambda d: "choose a sound file" in d.find_element(By.ID, "error").text)
+        box.send_keys(str(clip))
+        card.find_element(By.TAG_NAME, "button").click()
+        label = _wait(card, ".result .label")[0].text
+        route = httpx.post(f"{url}/v1/tasks/tone/predict",
+                           json={"input": base64.b64encode(clip.read_bytes()).decode()}).json()["predictions"][0]
+        assert label == route["label"]
+        shown = {b.get_attribute("data-label"): float(b.get_attribute("data-p")) for b in card.find_elements(By.CSS_SELECTOR, ".bar")}
+        assert shown == pytest.approx(route["probabilities"], abs=1e-9)
+        assert not browser.find_element(By.ID, "error").is_displayed()
     eng.close()

@@ -200,7 +200,8 @@ class ServedTask:
 
     def describe(self) -> dict:
         return {"name": self.name, "kind": self.kind, "operations": sorted(self.operations), "path": str(self.directory),
-                "cached_prefix_tokens": len(self.prefix_ids) if self.prefix_kv is not None else 0}
+                "cached_prefix_tokens": len(self.prefix_ids) if self.prefix_kv is not None else 0,
+                "audio_field": AUDIO_FIELD if self.speech is not None else None}  # the field that takes a base64 clip
 
 
 def length_groups(lengths: Sequence[int], overhead: float) -> list[list[int]]:

@@ -65,10 +65,26 @@ function bars(probabilities) {
   });
 }
 
+// A text box's text, or a chosen sound file as a data: URL.
+function fieldValue(input) {
+  if (input.type !== "file") return Promise.resolve(input.value);
+  const file = input.files[0];
+  if (!file) return Promise.reject(new Error(`choose a sound file (WAV, FLAC or OGG) for ${input.name}`));
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(new Error(`cannot read ${file.name}`));
+    reader.readAsDataURL(file);
+  });
+}
+
 function card(task) {
   const generates = task.operations.includes("generate");
   const fields = task.fields || ["text"];
-  const inputs = fields.map((f) => el("textarea", { name: f, "aria-label": f, placeholder: fields.length > 1 ? f : "type a text" }));
+  // the field a speech task hears takes a sound file, sent as a data: URL (the server decodes it; it never reads a path)
+  const inputs = fields.map((f) => f === task.audio_field
+    ? el("input", { type: "file", name: f, "aria-label": f, accept: ".wav,.flac,.ogg,audio/wav,audio/flac,audio/ogg" })
+    : el("textarea", { name: f, "aria-label": f, placeholder: fields.length > 1 ? f : "type a text" }));
   const decoding = {};
   let decodingRow = null;
   if (generates) {
@@ -81,11 +97,11 @@ function card(task) {
   const result = el("div", { class: "result", "aria-live": "polite" });
   const button = el("button", { type: "button", text: generates ? "Generate" : "Predict" });
   button.addEventListener("click", async () => {
-    const values = Object.fromEntries(fields.map((f, i) => [f, inputs[i].value]));
-    const input = fields.length === 1 ? values[fields[0]] : values;
     button.disabled = true;
     result.replaceChildren(el("span", { class: "muted", text: "working\u2026" }));
     try {
+      const values = Object.fromEntries(await Promise.all(fields.map(async (f, i) => [f, await fieldValue(inputs[i])])));
+      const input = fields.length === 1 ? values[fields[0]] : values;
       if (generates) {
         const body = { input };
         for (const [n, i] of Object.entries(decoding)) body[n] = Number(i.value);
