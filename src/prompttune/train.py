@@ -143,6 +143,8 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig) -> TrainResult:
     own = pm.method.fit(pm, train_rows, dev_rows, cfg)  # methods with their own optimisation (no backpropagation)
     if own is not None:
         pm.eval()
+        if cfg.refit:
+            own.notes.append(f"no refit: method {pm.method.name!r} runs its own search, which keeps its best candidate")
         return own
     if not (cfg.refit and dev_rows):
         return _optimise(pm, task, train_rows, dev_rows, cfg)
