@@ -1,9 +1,9 @@
 """The training loop, on ``accelerate`` (so ``accelerate launch`` scales it out unchanged).
 
 AdamW over the method's parameters only, linear warm-up and decay, gradient accumulation, length-bucketed
-batches, early stopping on the dev metric with best-state restore, a tqdm bar with rate and ETA, optional
-trackers (TensorBoard / W&B through accelerate), and a resumable checkpoint (safetensors + JSON, written
-to a temporary name and renamed).
+batches, early stopping on the dev metric with best-state restore (and, with ``refit``, a second pass on train + dev
+for the epochs dev chose), a tqdm bar with rate and ETA, optional trackers (TensorBoard / W&B through accelerate), and
+a resumable checkpoint (:mod:`prompttune.checkpoint`).
 """
 
 from __future__ import annotations
