@@ -10,11 +10,9 @@ Syntax (parsed once by a small hand-written scanner: no ``eval``, no Jinja, noth
   (as many tokens as the words take); ``{soft*8:sentiment}`` gives 8 tokens cycling those words
 - ``{soft#q*4}``: a named group; every ``{soft#q...}`` in the template shares the same parameters
 - ``{{`` and ``}}``: literal braces
-- ``{audio}`` (speech models only): where the clip is heard. Its column holds a ``.wav``/``.flac`` path or an array;
-  the speech family writes its start-of-transcript tokens there, and the template's text and soft tokens are the
-  decoder's (before ``{audio}``: Whisper's previous-text prompt; after it: the start of what is said)
-- ``{audio:zh}``, ``{audio:fr translate}`` (multilingual speech models): the language the clip is in, and whether
-  it is transcribed (the default) or translated into English; Whisper's ``<|zh|><|transcribe|>`` tokens
+- ``{audio}`` (speech models only): where the clip (a ``.wav``/``.flac`` path or an array) is heard, as Whisper's
+  start-of-transcript tokens; text before it is the previous-text prompt, after it the start of what is said.
+  ``{audio:zh}``, ``{audio:fr translate}``: the clip's language and task (multilingual models; default en, transcribe)
 
 Rendering turns one example into token ids, the mask position and, per position, the index of the
 soft-token row to write there (-1 elsewhere). Only input fields are ever truncated (longest first);
@@ -144,9 +142,8 @@ def _placeholder(template: str, start: int, body: str) -> Segment:
     if stripped.startswith(AUDIO_FIELD + ":"):
         option = " ".join(stripped[len(AUDIO_FIELD) + 1:].split())
         if not _AUDIO_OPTION.match(option):
-            raise _column_error(template, start, f"cannot read the audio option {{{body}}}",
-                                "write {audio:<language>} or {audio:<language> translate} with a Whisper language code, "
-                                "e.g. {audio:zh} or {audio:fr translate}")
+            raise _column_error(template, start, f"cannot read the audio option {{{body}}}", "write {audio:<language>} or "
+                                "{audio:<language> translate} with a Whisper language code, e.g. {audio:zh} or {audio:fr translate}")
         return Field(AUDIO_FIELD, option)
     if not stripped:
         raise _column_error(template, start, "an empty placeholder {}", "name an input field, e.g. {text}, or write '{{}}' for literal braces")
@@ -479,10 +476,8 @@ def segment_text(seg: Segment) -> str:
         return "{%s}" % (seg.name if seg.option is None else f"{seg.name}:{seg.option}")
     if isinstance(seg, Mask):
         return "{mask}"
-    name = f"#{seg.name}" if seg.name else ""
-    count = f"*{seg.count}" if seg.count is not None else ""
-    init = f":{seg.init}" if seg.init else ""
-    return "{soft%s%s%s}" % (name, count, init)
+    return "{soft%s%s%s}" % (f"#{seg.name}" if seg.name else "", f"*{seg.count}" if seg.count is not None else "",
+                             f":{seg.init}" if seg.init else "")
 
 
 def tail_is_empty(segments: Sequence[Segment]) -> bool:
