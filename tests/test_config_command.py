@@ -140,9 +140,10 @@ def test_dry_run_prints_the_plan_and_writes_nothing(dry, monkeypatch, capsys):
     assert not (dry / "out").exists() and not list(dry.glob(".out*"))
     text = cli_ok(monkeypatch, capsys, "train", dry / "run.yaml", "--dry-run")
     assert "16 train, 16 dev, 12 test rows" in text and "60 steps of 8" in text and "128 trainable parameters" in text
-    assert plan["refit"] is False and "refit" not in text
-    text = cli_ok(monkeypatch, capsys, "train", dry / "run.yaml", "--dry-run", "--set", "train.refit=true")
+    assert plan["refit"] is True  # refit: auto, and 16 train rows are few-shot
     assert "refit     then again from the initial prompt on train + dev (32 rows)" in text
+    text = cli_ok(monkeypatch, capsys, "train", dry / "run.yaml", "--dry-run", "--set", "train.refit=false")
+    assert "refit" not in text
 
 
 def test_dry_run_catches_a_bad_test_file_before_training(dry, monkeypatch, capsys):

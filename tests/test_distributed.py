@@ -30,7 +30,8 @@ def run_config(tmp_path, saved_tiny):
            "method": {"name": "soft-prompt", "num_tokens": 4},
            "data": {"train": write_csv(tmp_path / "train.csv", toy_rows(120, seed=1)), "test": write_csv(tmp_path / "test.csv", toy_rows(40, seed=2)),
                     "shots_per_class": 16},
-           "train": {"max_steps": 10, "lr": 0.05, "eval_every": 5, "progress": False},
+           "train": {"max_steps": 10, "lr": 0.05, "eval_every": 5, "progress": False,
+                     "refit": False},  # the sharded runs never refit (refit auto steps aside there)
            "output": str(tmp_path / "unused")}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     return tmp_path / "run.yaml"
@@ -237,7 +238,7 @@ def test_generation_training_under_two_processes_matches_one_and_only_rank0_writ
            "method": {"name": "soft-prompt", "num_tokens": 2},
            "data": {"train": write_jsonl(tmp_path / "train.jsonl", pairs[:30]), "test": write_jsonl(tmp_path / "test.jsonl", pairs[30:]),
                     "dev_size": 6},
-           "train": {"max_steps": 6, "lr": 0.01, "progress": False, "eval_every": 3},
+           "train": {"max_steps": 6, "lr": 0.01, "progress": False, "eval_every": 3, "refit": False},
            "generation": {"max_new_tokens": 5}, "zero_shot_baseline": True, "output": str(tmp_path / "unused")}
     (tmp_path / "gen.yaml").write_text(yaml.safe_dump(cfg))
     one = _one_process(tmp_path / "gen.yaml", tmp_path / "one", "train.batch_size=8")

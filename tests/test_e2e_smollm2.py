@@ -24,23 +24,26 @@ _cli = cli_ok
 
 
 def test_prompt_based_finetuning_beats_zero_shot_on_500_held_out_reviews(tmp_path, monkeypatch, capsys):
-    """PET / LM-BFF on 16 reviews per class. Measured (seed 0): zero-shot 0.786, tuned 0.832."""
+    """PET / LM-BFF on 16 reviews per class, refit on train + dev (the default for few-shot runs). Measured, seeds 0 / 1 / 2:
+    zero-shot 0.786, tuned 0.840 / 0.814 / 0.830 (one pass, train.refit=false: 0.832 / 0.816 / 0.818); the least gain 0.028.
+    This test runs seed 0."""
     out = _cli(monkeypatch, capsys, "train", EXAMPLES / "sentiment-pet.yaml", "--output", tmp_path / "pet",
                "--set", "zero_shot_baseline=true", "--set", "train.progress=false", "--json")
     res = json.loads(out)
     assert res["n"] == 500
     assert 0.76 <= res["zero_shot"]["accuracy"] <= 0.81
-    assert res["accuracy"] >= res["zero_shot"]["accuracy"] + 0.025
+    assert res["accuracy"] >= res["zero_shot"]["accuracy"] + 0.02
     assert (tmp_path / "pet" / "backbone" / "model.safetensors").exists()
 
 
 def test_demo_prefix_beats_zero_shot_with_a_small_artifact(tmp_path, monkeypatch, capsys):
-    """`prompttune demo --json`, as the README runs it: prefix tuning, seed 0. Measured on this machine: zero-shot 0.786,
-    tuned 0.824 (seeds 1, 2: 0.776, 0.840), 80,640 parameters (7 tokens x 30 layers x keys+values x 192)."""
+    """`prompttune demo --json`, as the README runs it: prefix tuning with refit auto (the default), seed 0. Measured on this
+    machine, seeds 0-4: zero-shot 0.786, tuned 0.848 / 0.836 / 0.834 / 0.826 / 0.820, the least gain 0.034 (one pass,
+    train.refit=false: 0.824 / 0.776 / 0.840 / 0.828 / 0.810); 80,640 parameters (7 tokens x 30 layers x keys+values x 192)."""
     res = json.loads(_cli(monkeypatch, capsys, "demo", "--json", "--output", tmp_path / "demo"))
     assert res["test_size"] == 500
     assert 0.76 <= res["zero_shot_accuracy"] <= 0.81
-    assert res["tuned_accuracy"] >= res["zero_shot_accuracy"] + 0.02
+    assert res["tuned_accuracy"] >= res["zero_shot_accuracy"] + 0.03
     assert res["artifact_bytes"] < 1_000_000
     assert res["trainable_parameters"] == 7 * 30 * 2 * 192
     assert res["seconds"] > 0

@@ -127,7 +127,8 @@ def test_early_stopping_restores_the_best_dev_state(metric):
     pm = PromptModel(tiny_backbone("llama"), "{soft*3} {text} Sentiment: {mask}", {"negative": "bad", "positive": "good"},
                      "soft-prompt")
     train, dev = toy_rows(32, seed=8), toy_rows(16, seed=9)
-    res = pm.fit(train, dev, lr=0.5, max_steps=60, batch_size=8, progress=False, eval_every=2, patience=3, metric=metric)
+    res = pm.fit(train, dev, lr=0.5, max_steps=60, batch_size=8, progress=False, eval_every=2, patience=3, metric=metric,
+                 refit=False)  # the selection pass alone: its kept state is the best dev one
     key = (lambda h: (h["accuracy"], -h["loss"])) if metric == "accuracy" else (lambda h: -h["loss"])
     best = max(res.history, key=key)
     assert res.best_step == best["step"]
@@ -221,7 +222,7 @@ def test_epochs_train_whole_passes_and_the_run_reports_throughput_and_the_full_d
     sizes = []
     real = ClassificationTask.evaluate_dev
     monkeypatch.setattr(ClassificationTask, "evaluate_dev", lambda self, rows, cfg: sizes.append(len(rows)) or real(self, rows, cfg))
-    res = pm.fit(train, dev, lr=0.05, epochs=2, batch_size=8, eval_every=5, dev_max_examples=12, progress=False)
+    res = pm.fit(train, dev, lr=0.05, epochs=2, batch_size=8, eval_every=5, dev_max_examples=12, progress=False, refit=False)
     assert res.steps == 10 and res.epochs == 2.0  # 2 passes of 5 steps
     assert sizes == [12, 12, 12, 30]  # step 0, 5, 10 on the same 12-row sample; the kept state on all 30 at the end
     assert res.dev_examples == 12 and set(res.final_dev) == {"accuracy", "macro_f1", "loss"}
@@ -268,7 +269,7 @@ def test_refit_trains_again_from_the_initial_prompt_on_train_and_dev_for_the_epo
     plain.fit(train + dev, None, **{**opts, "max_steps": steps})
     torch.testing.assert_close(_trained(pm), _trained(plain), atol=1e-6, rtol=1e-5)
     chosen = _refit_model()  # the selection pass alone keeps another state: the refit replaced it
-    chosen.fit(train, dev, **opts)
+    chosen.fit(train, dev, refit=False, **opts)
     assert not torch.allclose(_trained(pm), _trained(chosen))
 
 
@@ -297,3 +298,22 @@ def test_refit_is_refused_under_fsdp_before_training(monkeypatch):
     with pytest.raises(ConfigError, match="refit is not supported under FSDP"):
         pm.fit(toy_rows(16, seed=8), toy_rows(8, seed=9), refit=True, max_steps=5, **FAST)
     torch.testing.assert_close(_trained(pm), start)
+
+
+def test_refit_auto_refits_few_shot_runs_only_and_steps_aside_under_fsdp(monkeypatch):
+    from prompttune.train import REFIT_MAX_TRAIN_ROWS, refit_applies
+
+    assert refit_applies("auto", 32, 32) and refit_applies("auto", REFIT_MAX_TRAIN_ROWS, 16)
+    assert not refit_applies("auto", REFIT_MAX_TRAIN_ROWS + 1, 16)  # full-data runs: dev adds little, the pass costs double
+    assert not refit_applies("auto", 32, 0) and not refit_applies(False, 32, 32) and refit_applies(True, 5000, 16)
+    train, dev = toy_rows(32, seed=8), toy_rows(16, seed=9)
+    opts = {**FAST, "lr": 0.5, "eval_every": 2, "patience": 3, "max_steps": 40}
+    auto, forced = _refit_model(), _refit_model()
+    ra = auto.fit(train, dev, **opts)  # the default is auto
+    forced.fit(train, dev, refit=True, **opts)
+    assert ra.refit is not None and ra.refit["examples"] == 48
+    torch.testing.assert_close(_trained(auto), _trained(forced))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert not refit_applies("auto", 32, 32)  # the default never refuses a sharded run; refit=True does (below)
+    with pytest.raises(ConfigError, match="refit is not supported under FSDP"):
+        refit_applies(True, 32, 32)

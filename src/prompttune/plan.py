@@ -10,8 +10,9 @@ from __future__ import annotations
 from .artifact import is_output
 from .config import RunConfig
 from .files import check_output_directory
+from .methods.base import Method
 from .tasks import task_type
-from .train import dev_sample, schedule
+from .train import dev_sample, refit_applies, schedule
 
 
 def plan_run(cfg: RunConfig) -> dict:
@@ -37,7 +38,8 @@ def plan_run(cfg: RunConfig) -> dict:
         "eval_every": eval_every,
         "dev_examples_per_evaluation": len(dev_sample(dev, cfg.train)) if dev else 0,
         "lr": cfg.train.lr or model.method.default_lr,
-        "refit": bool(cfg.train.refit and dev and model.method.trainable),
+        "refit": bool(model.method.trainable and type(model.method).fit is Method.fit  # own-search methods keep their best
+                       and refit_applies(cfg.train.refit, len(train), len(dev))),
         "output": cfg.output,
         "warnings": warnings,
     }

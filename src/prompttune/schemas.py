@@ -36,9 +36,10 @@ class TrainConfig(BaseModel):
     metric: Literal["accuracy", "macro_f1", "loss"] = Field(
         "loss", description="dev metric for early stopping and best-state restore (accuracy and macro_f1 ties are broken by dev "
                             "loss). Default loss: with 16 dev examples per class accuracy moves in steps of 3 points and picks noise")
-    refit: bool = Field(False, description="after dev has chosen the best step, train again from the initial prompt on train + "
-                                           "dev for as many epochs and keep the final state (every labelled example trains; "
-                                           "costs a second pass)")
+    refit: bool | Literal["auto"] = Field(
+        "auto", description="after dev has chosen the best step, train again from the initial prompt on train + dev for as "
+                            "many epochs and keep the final state (every labelled example trains; costs a second pass). auto: "
+                            "on for few-shot runs (at most 1,000 train rows) outside FSDP / DeepSpeed; true / false force it")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seed for initialisation, data order and dropout")
     eval_batch_size: int = Field(16, ge=1, description="batch size for evaluation")
     dev_max_examples: int | None = Field(512, ge=1, description="dev evaluations during training score a fixed random sample "

@@ -127,9 +127,29 @@ class EpochBatches:
         return 10**9
 
 
+REFIT_MAX_TRAIN_ROWS = 1000  # refit "auto": the few-shot regime it was measured in (README, "Refit on train + dev")
+
+
+def _sharded() -> bool:
+    return any(os.environ.get(k, "").lower() in ("1", "true") for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
+
+
+def refit_applies(refit, n_train: int, n_dev: int) -> bool:
+    """Whether ``train.refit`` (True, False or "auto") trains a second pass on train + dev for these row counts."""
+    if refit is False or not n_dev:
+        return False
+    if refit == "auto":
+        return n_train <= REFIT_MAX_TRAIN_ROWS and not _sharded()
+    if _sharded():
+        raise ConfigError("train.refit is not supported under FSDP or DeepSpeed (the second pass would shard the model again)",
+                          where="train.refit", fix="set refit: false (or auto), or train with DDP / on one process")
+    return True
+
+
 def train(pm, train_rows, dev_rows, cfg: TrainConfig) -> TrainResult:
-    """Train the method's parameters of ``pm`` (in place) on ``train_rows``, choosing the state on ``dev_rows``; with
-    ``cfg.refit``, then again from the initial state on train + dev for the epochs dev chose, keeping the final state."""
+    """Train the method's parameters of ``pm`` (in place) on ``train_rows``, choosing the state on ``dev_rows``; where
+    ``cfg.refit`` applies (``refit_applies``), then again from the initial state on train + dev for the epochs dev
+    chose, keeping the final state."""
     if not pm.method.trainable:
         raise ConfigError(f"method {pm.method.name!r} has nothing to train", where="method.name",
                           fix="use soft-prompt, prompt-finetune or head-finetune, or run eval instead of train")
@@ -143,14 +163,14 @@ def train(pm, train_rows, dev_rows, cfg: TrainConfig) -> TrainResult:
     own = pm.method.fit(pm, train_rows, dev_rows, cfg)  # methods with their own optimisation (no backpropagation)
     if own is not None:
         pm.eval()
-        if cfg.refit:
+        if cfg.refit is True:
             own.notes.append(f"no refit: method {pm.method.name!r} runs its own search, which keeps its best candidate")
         return own
-    if not (cfg.refit and dev_rows):
-        return _optimise(pm, task, train_rows, dev_rows, cfg)
-    if any(os.environ.get(k, "").lower() in ("1", "true") for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")):
-        raise ConfigError("train.refit is not supported under FSDP or DeepSpeed (the second pass would shard the model again)",
-                          where="train.refit", fix="set refit: false, or train with DDP / on one process")
+    if not refit_applies(cfg.refit, len(train_rows), len(dev_rows or [])):
+        res = _optimise(pm, task, train_rows, dev_rows, cfg)
+        if cfg.refit == "auto" and dev_rows and len(train_rows) <= REFIT_MAX_TRAIN_ROWS:  # few-shot, but sharded
+            res.notes.append("no refit: refit auto stays off under FSDP / DeepSpeed (one process or DDP would refit)")
+        return res
     initial = trained_state(pm)
     chosen = _optimise(pm, task, train_rows, dev_rows, cfg)
     if chosen.interrupted:
