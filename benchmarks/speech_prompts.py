@@ -17,8 +17,8 @@ split (``--train`` clips for recognition, ``--shots`` per class for classificati
 
     .venv/bin/python benchmarks/speech_prompts.py --model whisper-tiny-en --seeds 0 1 2 \\
         --json benchmarks/results/speech-prompts-tiny-en.json
-    .venv/bin/python benchmarks/speech_prompts.py --model whisper-base --tasks zh-recognition recognition \\
-        --methods zero-shot soft-prompt lora --test 100 --json benchmarks/results/speech-prompts-base.json
+    .venv/bin/python benchmarks/speech_prompts.py --model whisper-base --tasks zh-recognition \\
+        --methods zero-shot soft-prompt prefix --test 100 --json benchmarks/results/speech-prompts-base-zh.json
 """
 
 from __future__ import annotations
