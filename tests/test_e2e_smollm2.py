@@ -32,7 +32,7 @@ def test_prompt_based_finetuning_beats_zero_shot_on_500_held_out_reviews(tmp_pat
     res = json.loads(out)
     assert res["n"] == 500
     assert 0.76 <= res["zero_shot"]["accuracy"] <= 0.81
-    assert res["accuracy"] >= res["zero_shot"]["accuracy"] + 0.02
+    assert res["accuracy"] >= res["zero_shot"]["accuracy"] + 0.025
     assert (tmp_path / "pet" / "backbone" / "model.safetensors").exists()
 
 
