@@ -38,6 +38,7 @@ from pathlib import Path
 
 
 RECOGNITION = {"recognition": ("spoken-django", "{audio}"), "zh-recognition": ("spoken-chinese-reviews", "{audio:zh}")}
+SCORES = ("wer", "cer", "accuracy", "macro_f1")  # summarised as mean and std over seeds
 # task: (corpus, audio field, text after the soft prompt, label words)
 CLASSIFICATION = {
     "classification": ("spoken-movie-reviews", "{audio}", " This review is{mask}.", {"negative": "bad", "positive": "good"}),
@@ -90,11 +91,11 @@ def summary(results: list[dict]) -> list[dict]:
         for method in dict.fromkeys(r["method"] for r in results if r["task"] == task):
             rs = [r for r in results if r["task"] == task and r["method"] == method]
             row = {"task": task, "method": method, "seeds": len(rs)}
-            for k in ("wer", "cer", "accuracy", "macro_f1", "clips_per_second", "train_seconds", "artifact_bytes"):
+            for k in (*SCORES, "clips_per_second", "train_seconds", "artifact_bytes"):
                 vals = [r[k] for r in rs if r.get(k) is not None]
                 if vals:
                     row[k] = statistics.mean(vals)
-                    if k in ("wer", "cer", "accuracy", "macro_f1"):
+                    if k in SCORES:
                         row[k + "_std"] = statistics.pstdev(vals)
             rows.append(row)
     return rows

@@ -1,7 +1,8 @@
 """End to end on the package-shipped MiniLM-L6 encoder + a classification head (the classic "prompt text + encoder +
 head, all weights trained" recipe) and the built-in movie-review corpus: more data than 16 shots per class pays.
 
-Bounds come from runs on this 2-core machine (see README, "Full-data training"); the test takes about two and a half minutes.
+Bounds come from runs on this 2-core machine (see README, "Full-data training"); the test takes about two and a half
+minutes.
 """
 
 from __future__ import annotations
