@@ -90,7 +90,7 @@ def _fake(correct_of):
     def run(cell, root, **_):
         correct = correct_of(cell)
         rec = {"cell": cell.key, "task": cell.task, "model": cell.model, "method": cell.method, "shots": cell.shots, "seed": cell.seed,
-               "accuracy": correct.count("1") / len(correct), "macro_f1": 0.5, "correct": correct,
+               "accuracy": correct.count("1") / len(correct), "macro_f1": 0.5, "correct": correct, "n": len(correct),
                "config": cell_fingerprint(cell.config, cell.anchor)}
         write_json(cell.directory(root) / CELL_JSON, rec)
         return rec
@@ -98,18 +98,18 @@ def _fake(correct_of):
     return run
 
 
-def test_paired_table_counts_wins_ties_and_losses_per_seed(suite_raw):
+def _correct_of(cell, n=40):
     # soft-prompt against zero-shot: 30 rows to 0 (seed 0), 28 to 10 (seed 1, p = 0.005): a win on both seeds;
     # against peft-lora: 2 rows to 0 on seed 0 (p = 0.5, a tie), 0 to 12 on seed 1 (p = 2/4096, a loss)
-    n = 40
+    if cell.method == "zero-shot":
+        return "0" * 30 + "1" * (n - 30)
+    if cell.method == "soft-prompt":
+        return "1" * 28 + "0" * (n - 28) if cell.seed == 1 else "1" * n
+    return "1" * n if cell.seed == 1 else "00" + "1" * (n - 2)
 
-    def correct_of(cell):
-        if cell.method == "zero-shot":
-            return "0" * 30 + "1" * 10
-        if cell.method == "soft-prompt":
-            return "1" * 28 + "0" * 12 if cell.seed == 1 else "1" * n
-        return "1" * n if cell.seed == 1 else "00" + "1" * (n - 2)
 
+def test_paired_table_counts_wins_ties_and_losses_per_seed(suite_raw):
+    correct_of = _correct_of
     g = expand(suite_raw)
     res = run_grid(g, progress=False, log=lambda m: None, runner=_fake(correct_of))
     model = g.models[0]
@@ -124,6 +124,68 @@ def test_paired_table_counts_wins_ties_and_losses_per_seed(suite_raw):
     assert f"| a | {model} | 0.250 | 0.850 ± 0.150 (2) | 0.975 ± 0.025 (2) | 2/0/0 | 0/1/1 |" in md
     assert "## b / " + model in md and "McNemar" in md
     assert "| zero-shot | 0 | — | 2 |" in md and "| peft-lora | 0 | — | 4 |" in md  # efficiency: the fakes record none
+
+
+def test_seeds_run_in_pieces_merge_into_the_table_of_one_run(suite_raw, tmp_path):
+    whole = expand(suite_raw)
+    run_grid(whole, progress=False, log=lambda m: None, runner=_fake(_correct_of))
+    suite_raw["grid"]["seeds"] = [0]
+    suite_raw["output"] = str(tmp_path / "seed0")
+    first = run_grid(expand(suite_raw), progress=False, log=lambda m: None, runner=_fake(_correct_of))
+    assert {r["seed"] for r in first["runs"]} == {0}
+    suite_raw["grid"].update(seeds=[1], merge=[str(tmp_path / "seed0")])
+    suite_raw["output"] = str(tmp_path / "seed1")
+    g = expand(suite_raw)
+    ran = []
+    res = run_grid(g, progress=False, log=lambda m: None, runner=lambda c, r, **k: ran.append(c.key) or _fake(_correct_of)(c, r))
+    assert not any("seed0" in k for k in ran)  # the merged seed is not run again
+    assert res["merged"] == [str(tmp_path / "seed0" / "results.json")]
+    md = (g.output / "results.md").read_text().split("\n")
+    assert md[4] == f"With the runs of earlier experiments of this suite (grid.merge): {tmp_path / 'seed0' / 'results.json'} (seeds 0)."
+    assert md[1:4] + md[6:] == (whole.output / "results.md").read_text().split("\n")[1:]
+    assert "| a | " + g.models[0] + " | 0.250 | 0.850 ± 0.150 (2) | 0.975 ± 0.025 (2) | 2/0/0 | 0/1/1 |" in (g.output / "results.md").read_text()
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda g, d: g.update(seeds=[0, 1]), "which this grid runs too"),
+    (lambda g, d: g.update(compare="peft-lora"), "not of grid.compare ('peft-lora')"),
+    (lambda g, d: g["methods"].__setitem__(2, {"name": "peft-lora", "label": "lora", "steps": 2}), "method 'peft-lora', which this grid lacks"),
+    (lambda g, d: g.update(merge=[str(d / "nothing")]), "cannot be read"),
+    (lambda g, d: g.update(merge=[str(d / "seed0"), str(d / "copy")]), "both have"),
+    (lambda g, d: g.update(merge={"a": 1}), "must be a list of experiment directories"),
+])
+def test_a_merge_of_another_suite_or_the_same_seed_is_refused_before_anything_runs(suite_raw, tmp_path, change, message):
+    suite_raw["grid"]["seeds"] = [0]
+    suite_raw["output"] = str(tmp_path / "seed0")
+    run_grid(expand(suite_raw), progress=False, log=lambda m: None, runner=_fake(_correct_of))
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "results.json").write_bytes((tmp_path / "seed0" / "results.json").read_bytes())
+    suite_raw["grid"].update(seeds=[1], merge=[str(tmp_path / "seed0")])
+    suite_raw["output"] = str(tmp_path / "seed1")
+    change(suite_raw["grid"], tmp_path)
+    with pytest.raises(ConfigError) as e:
+        expand(suite_raw, where="suite.yaml")
+    assert message in e.value.what and "grid.merge" in e.value.where and e.value.fix
+
+
+def test_a_merge_scored_on_other_test_rows_is_refused_and_the_cells_run_are_kept(suite_raw, tmp_path):
+    suite_raw["grid"]["seeds"] = [0]
+    suite_raw["output"] = str(tmp_path / "seed0")
+    run_grid(expand(suite_raw), progress=False, log=lambda m: None, runner=_fake(lambda c: _correct_of(c, 50)))
+    suite_raw["grid"].update(seeds=[1], merge=[str(tmp_path / "seed0")])
+    suite_raw["output"] = str(tmp_path / "seed1")
+    g = expand(suite_raw)
+    with pytest.raises(ConfigError, match="different numbers of test rows"):
+        run_grid(g, progress=False, log=lambda m: None, runner=_fake(_correct_of))
+    suite_raw["grid"]["merge"] = [str(tmp_path / "seed0")]
+    suite_raw["output"] = str(tmp_path / "seed1-again")
+    with pytest.raises(ConfigError, match="another config or another prompttune"):  # the same rows, another zero-shot score
+        run_grid(expand(suite_raw), progress=False, log=lambda m: None,
+                 runner=_fake(lambda c: "1" * 50 if c.method == "zero-shot" else _correct_of(c, 50)))
+    suite_raw["output"] = str(tmp_path / "seed1")
+    suite_raw["grid"].pop("merge")
+    res = run_grid(expand(suite_raw), progress=False, log=lambda m: None, runner=lambda *a, **k: pytest.fail("ran again"))
+    assert {r["seed"] for r in res["runs"] if r["shots"]} == {1}
 
 
 def test_a_real_suite_records_predictions_and_both_peft_anchors_train_and_score(suite_raw):
@@ -198,3 +260,38 @@ def test_the_anchors_label_loss_equals_the_models_own_loss_and_gradients(saved_t
     g_theirs = torch.autograd.grad(theirs, params)
     assert torch.allclose(ours, theirs, atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g_ours, g_theirs))
+
+
+def test_a_damaged_results_json_in_grid_merge_is_a_clear_error_never_a_crash(suite_raw, tmp_path):
+    # fuzz: results.json of a finished run with one value replaced, dropped or the text cut short
+    import random
+
+    suite_raw["grid"]["seeds"] = [0]
+    suite_raw["output"] = str(tmp_path / "seed0")
+    run_grid(expand(suite_raw), progress=False, log=lambda m: None, runner=_fake(_correct_of))
+    good = json.loads((tmp_path / "seed0" / "results.json").read_text())
+    suite_raw["grid"].update(seeds=[1], merge=[str(tmp_path / "bad")])
+    suite_raw["output"] = str(tmp_path / "seed1")  # its cells run once, then each trial only merges and writes the table
+    (tmp_path / "bad").mkdir()
+    rng = random.Random(0)
+    junk = [None, True, -1, 1.5, float("nan"), "x", [], {}, [1], {"a": 1}, 10**20]
+    refused = 0
+    for trial in range(150):
+        data = json.loads(json.dumps(good))
+        part = rng.choice(["runs", "paired"])
+        item = rng.choice(data[part])
+        key = rng.choice(sorted(item))
+        if trial % 5 == 0:
+            del item[key]
+        else:
+            item[key] = rng.choice(junk)
+        text = json.dumps(data)
+        if trial % 7 == 0:
+            text = text[: rng.randrange(len(text))]
+        (tmp_path / "bad" / "results.json").write_text(text)
+        try:
+            run_grid(expand(suite_raw), progress=False, log=lambda m: None, runner=_fake(_correct_of))
+        except ConfigError as e:
+            assert e.where.startswith("grid") and "merge" in e.where and e.fix
+            refused += 1
+    assert refused > 75  # most damage is caught; the rest is in keys the table does not read (cell, b, c, ...)

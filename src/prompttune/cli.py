@@ -247,15 +247,15 @@ def experiment(grid: Path = typer.Argument(..., help="grid YAML: a train config 
     if dry_run:
         for c in g.cells:
             _out(f"{'done' if cell_done(c, g.output) else 'todo'}  {c.key}  -> {c.directory(g.output)}")
+        for e in g.earlier:  # grid.merge
+            _out(f"merge {len(e['runs'])} runs (seeds {e['seeds']}) from {e['source']}")
         return
     res = run_grid(g, progress=not json_out, log=_say)
     if not res.get("main_process", True):
         return
     if json_out:
-        _out(json.dumps(res, ensure_ascii=False))
-    else:
-        _out((g.output / "results.md").read_text(encoding="utf-8"))
-        _out("written: " + ", ".join(res["files"]))
+        return _out(json.dumps(res, ensure_ascii=False))
+    _out((g.output / "results.md").read_text(encoding="utf-8") + "\nwritten: " + ", ".join(res["files"]))
 
 
 @app.command()

@@ -25,7 +25,8 @@ over seeds per method x model x shots, as LM-BFF reports) and ``accuracy_vs_shot
 A ``tasks`` axis makes the grid a validation suite: each entry is a built-in data name or ``{label, data, prompt,
 train}`` over the base, and cells go under ``cells/<task>/``. Methods may include the PEFT anchors of
 :mod:`prompttune.experiment.anchors`, and ``compare: <method label>`` adds McNemar's test of that method against every
-other one on the same test rows, per seed (:mod:`prompttune.experiment.results`).
+other one on the same test rows, per seed (:mod:`prompttune.experiment.results`). ``merge: [dir, ...]`` counts the
+results of earlier runs of the same suite with other seeds in the table (the seeds of a suite run in pieces).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from ..files import atomic_write_text, write_json
 from .anchors import ANCHORS, anchor_options
 
 AXES = ("tasks", "methods", "models", "shots", "seeds")
-OPTIONS = ("keep_backbones", "compare")
+OPTIONS = ("keep_backbones", "compare", "merge")
 CELL_JSON = "cell.json"
 _METHOD_ENTRY_KEYS = ("label", "train", "prompt")
 _MODEL_ENTRY_KEYS = ("label",)
@@ -83,6 +84,7 @@ class Grid:
     models: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
     compare: str | None = None
+    earlier: list[dict] = field(default_factory=list)  # grid.merge: earlier runs of this suite (experiment.results)
 
 
 # ---- reading and expanding a grid --------------------------------------------------------------
@@ -218,8 +220,33 @@ def expand(raw: dict, *, where: str = "grid", overrides: list[str] | None = None
                                               fix="give the zero-shot entry its own prompt: {template: ...} without {soft}")
                         cell.key = f"{name}/" + (f"shots{k}/seed{s}" if k else "zero-shot")
                         cells.append(cell)
-    return Grid(base=base, cells=cells, output=output, keep_backbones=bool(grid.get("keep_backbones", False)), source=where,
-                methods=[m for m, _, _ in methods], models=[m for m, _ in models], tasks=[t for t, _ in tasks if t], compare=compare)
+    out = Grid(base=base, cells=cells, output=output, keep_backbones=bool(grid.get("keep_backbones", False)), source=where,
+               methods=[m for m, _, _ in methods], models=[m for m, _ in models], tasks=[t for t, _ in tasks if t], compare=compare)
+    out.earlier = _earlier(grid.get("merge"), out, where)
+    return out
+
+
+def _earlier(entries, grid: Grid, where: str) -> list[dict]:
+    """grid.merge: earlier experiment directories of this suite, read and checked (results.read_earlier)."""
+    from .results import read_earlier
+
+    if entries is None:
+        return []
+    if isinstance(entries, str):
+        entries = [entries]
+    if not isinstance(entries, list) or not all(isinstance(e, str) and e for e in entries):
+        raise ConfigError(f"grid.merge must be a list of experiment directories, got {entries!r}", where=f"{where}: grid.merge",
+                          fix="write e.g. merge: [benchmarks/results/suite-refit-2seeds]")
+    out, seen = [], {}
+    for i, e in enumerate(entries):
+        got = read_earlier(e, grid, f"{where}: grid.merge[{i}]")
+        for r in got["runs"]:
+            k = (r["task"], r["model"], r["method"], r["shots"], r["seed"])
+            if r["shots"] and seen.setdefault(k, e) != e:
+                raise ConfigError(f"{e} and {seen[k]} both have {r.get('cell') or k}", where=f"{where}: grid.merge[{i}]",
+                                  fix="merge experiments of different seeds; drop one of the two directories")
+        out.append(got)
+    return out
 
 
 def _methods(entries, where: str) -> list[tuple[str, dict, dict]]:
@@ -408,4 +435,4 @@ def run_grid(grid: Grid, *, progress: bool = True, log: Callable[[str], None] = 
     ordered = [records[c.key] for c in grid.cells]
     from .results import write_results
 
-    return write_results(grid, ordered)
+    return write_results(grid, ordered, grid.earlier)

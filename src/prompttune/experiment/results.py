@@ -5,13 +5,23 @@ The paired test uses what every cell records of its test rows (``correct`` in ``
 compared method's cell and the other method's cell of the same task, model, shots and seed scored the same test rows,
 so item i of one is item i of the other. Zero-shot, one cell per model, is paired with every seed. A pair counts as
 a win (or loss) for the compared method when McNemar's exact two-sided p < 0.05, else as a tie.
+
+``grid.merge`` lists earlier experiments of the same suite run with other seeds (their ``results.json``): their runs
+and paired tests join this run's in the table, so seeds can be run in pieces (one a day, or one per machine) and
+still give one table. :func:`read_earlier` checks them against the grid before anything runs (the same task, model
+and method labels, the same compared method, no trainable cell that this grid runs too); the table refuses a task
+whose runs were scored on different numbers of test rows. Same labels are all it can check: run the pieces from one
+grid file that differs only in ``seeds``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
+from pathlib import Path
 
+from ..errors import ConfigError
 from ..files import atomic_write_bytes, atomic_write_text, write_json
 from ..metrics import mcnemar
 from ..report import md_table
@@ -79,6 +89,9 @@ def _markdown(grid, rows: list[dict], tallies: list[dict], records: list[dict]) 
     lines = [f"# Experiment: {grid.source}", "",
              "Test accuracy, mean ± std over seeds (population std; number of seeds in brackets). "
              "Zero-shot trains nothing and is the same for every sample, so it is one run per model.", ""]
+    if getattr(grid, "earlier", None):
+        lines += ["With the runs of earlier experiments of this suite (grid.merge): "
+                  + ", ".join(f"{e['source']} (seeds {', '.join(map(str, e['seeds']))})" for e in grid.earlier) + ".", ""]
     tasks = grid.tasks or [""]
     if grid.tasks:  # a suite: one table, a row per task x model, a column per method
         others = [m for m in grid.methods if m != grid.compare]
@@ -165,12 +178,110 @@ def _plot(grid, rows: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-def write_results(grid, records: list[dict]) -> dict:
-    rows = summarise(records)
+_RUN_KEYS = ("task", "model", "method", "shots", "seed", "accuracy", "macro_f1", "n")
+_PAIR_KEYS = ("task", "model", "method", "shots", "seed", "accuracy", "other_accuracy", "p", "outcome")
+_OPTIONAL = ("trainable_parameters", "seconds")  # the efficiency table's: null where a cell did not record them
+_TYPES = {"trainable_parameters": (int, "a whole number"), "seconds": (float, "a number"),
+          "task": (str, "text"), "model": (str, "text"), "method": (str, "text"), "outcome": (str, "text"),
+          "shots": (int, "a whole number"), "seed": (int, "a whole number"), "n": (int, "a whole number"),
+          "accuracy": (float, "a number"), "macro_f1": (float, "a number"), "other_accuracy": (float, "a number"), "p": (float, "a number")}
+
+
+def _typed(v, kind) -> bool:
+    if kind is str:
+        return isinstance(v, str)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return isinstance(v, int) and v >= 0 if kind is int else math.isfinite(v)
+
+
+def _key(r: dict) -> tuple:
+    return r.get("task", ""), r["model"], r["method"], r["shots"], r["seed"]
+
+
+def _no_constant(name: str):
+    raise ValueError(name)
+
+
+def read_earlier(path: str | Path, grid, where: str) -> dict:
+    """An earlier experiment's ``runs`` and ``paired`` (its results.json), checked against ``grid``; see the module doc."""
+    p = Path(path)
+    f = p / RESULTS_JSON if p.is_dir() else p
+    fix = "name the directory of a finished `prompttune experiment` of this suite (it holds results.json)"
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"), parse_constant=_no_constant)
+    except OSError as e:
+        raise ConfigError(f"{f} cannot be read ({e.strerror or e})", where=where, fix=fix) from None
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
+        raise ConfigError(f"{f} is not JSON (results.json holds no NaN or Infinity)", where=where, fix=fix) from None
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list) or not isinstance(data.get("paired"), list):
+        raise ConfigError(f"{f} is not an experiment's results.json (no `runs` and `paired` lists)", where=where, fix=fix)
+    runs, pairs = data["runs"], data["paired"]
+    for what, items, keys in (("runs", runs, _RUN_KEYS), ("paired", pairs, _PAIR_KEYS)):
+        for i, r in enumerate(items):
+            bad = "not a mapping" if not isinstance(r, dict) else next(
+                (f"{k!r} is missing or not {_TYPES[k][1]}" for k in keys if not _typed(r.get(k), _TYPES[k][0])), None) or next(
+                (f"{k!r} is not {_TYPES[k][1]}" for k in _OPTIONAL if r.get(k) is not None and not _typed(r[k], _TYPES[k][0])), None)
+            if bad:
+                raise ConfigError(f"{f}: {what}[{i}] is not a record of `prompttune experiment` ({bad})", where=where, fix=fix)
+    axes = {"task": grid.tasks or [""], "model": grid.models, "method": grid.methods, "shots": sorted({c.shots for c in grid.cells})}
+    mine = {_key({"task": c.task, "model": c.model, "method": c.method, "shots": c.shots, "seed": c.seed}) for c in grid.cells if c.shots}
+    by = {}
+    for r in runs:
+        for axis, labels in axes.items():
+            if r[axis] not in labels:
+                raise ConfigError(f"{f} has a run of {axis} {r[axis]!r}, which this grid lacks ({', '.join(map(repr, labels))})",
+                                  where=where, fix="merge only earlier runs of the same suite: the same tasks, models, methods, shots")
+        if _key(r) in mine:
+            raise ConfigError(f"{f} already has {r.get('cell') or _key(r)}, which this grid runs too", where=where,
+                              fix=f"drop seed {r['seed']} from grid.seeds (it is done there), or that directory from grid.merge")
+        by[_key(r)] = r
+    for x in pairs:
+        ref = by.get((x["task"], x["model"], grid.compare, x["shots"], x["seed"]))
+        if ref is None or ref["accuracy"] != x["accuracy"]:
+            raise ConfigError(f"{f}'s paired tests are not of grid.compare ({grid.compare!r}) against the other methods", where=where,
+                              fix="merge only earlier runs of the same suite with the same `compare`")
+    return {"source": str(f), "runs": runs, "paired": pairs, "seeds": sorted({r["seed"] for r in runs if r["shots"]})}
+
+
+def _merged(records: list[dict], pairs: list[dict], earlier: list[dict]) -> tuple[list[dict], list[dict]]:
+    """This run's records and pairs, then the earlier experiments' ones for cells not run here."""
+    runs, tests = list(records), list(pairs)
+    have, tested = {_key(r): r for r in runs}, {_key(p) for p in tests}
+    twice = []  # (earlier run, this run's run, source): a cell in both (zero-shot: one cell per model, whatever the seeds)
+    for e in earlier:
+        twice += [(r, have[_key(r)], e["source"]) for r in e["runs"] if _key(r) in have]
+        runs += [r for r in e["runs"] if _key(r) not in have]
+        tests += [p for p in e["paired"] if _key(p) not in tested]
+        have |= {_key(r): r for r in e["runs"] if _key(r) not in have}
+        tested |= {_key(p) for p in e["paired"]}
+    sizes: dict[tuple, set] = {}
+    for r in runs:
+        if r.get("n") is not None:
+            sizes.setdefault((r.get("task", ""), r["model"]), set()).add(r["n"])
+    kept = "the cells run here are kept, so fixing grid.merge and running again costs nothing"
+    for (task, model), ns in sizes.items():
+        if len(ns) > 1:
+            raise ConfigError(f"the runs of {task + ' / ' if task else ''}{model} were scored on different numbers of test rows "
+                              f"({', '.join(map(str, sorted(ns)))})", where="grid.merge",
+                              fix=f"merge only runs of the same suite (the same test split and test_size); {kept}")
+    for r, here, source in twice:
+        if r["accuracy"] != here["accuracy"]:
+            raise ConfigError(f"{r.get('cell') or _key(r)} scored {here['accuracy']:.4f} here and {r['accuracy']:.4f} in {source}: "
+                              "that experiment ran another config or another prompttune", where="grid.merge",
+                              fix=f"run its seeds again with this grid, or drop it from grid.merge; {kept}")
+    return sorted(runs, key=lambda r: r["seed"]), sorted(tests, key=lambda p: p["seed"])  # stable: p per seed in seed order
+
+
+def write_results(grid, records: list[dict], earlier: list[dict] | None = None) -> dict:
     pairs = paired(records, grid.compare) if grid.compare else []
+    records, pairs = _merged(records, pairs, earlier or [])
+    rows = summarise(records)
     tallies = tally(pairs)
     summary = {"source": grid.source, "cells": len(records), "table": rows, "paired": pairs, "tally": tallies,
                "runs": [{k: v for k, v in r.items() if k not in ("config", "correct")} for r in records]}
+    if earlier:
+        summary["merged"] = [e["source"] for e in earlier]
     write_json(grid.output / RESULTS_JSON, summary)
     atomic_write_text(grid.output / RESULTS_MD, _markdown(grid, rows, tallies, records) + "\n")
     atomic_write_bytes(grid.output / PLOT_PNG, _plot(grid, rows))
