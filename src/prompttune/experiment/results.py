@@ -9,9 +9,10 @@ a win (or loss) for the compared method when McNemar's exact two-sided p < 0.05,
 ``grid.merge`` lists earlier experiments of the same suite run with other seeds (their ``results.json``): their runs
 and paired tests join this run's in the table, so seeds can be run in pieces (one a day, or one per machine) and
 still give one table. :func:`read_earlier` checks them against the grid before anything runs (the same task, model
-and method labels, the same compared method, no trainable cell that this grid runs too); the table refuses a task
-whose runs were scored on different numbers of test rows. Same labels are all it can check: run the pieces from one
-grid file that differs only in ``seeds``.
+and method labels, the same compared method, no trainable cell that this grid runs too, typed values and no NaN); the
+table refuses a task whose runs were scored on different numbers of test rows, and a cell in both (zero-shot, which
+every piece runs) that scored differently. Beyond that, labels are all it can check: run the pieces from one grid file
+that differs only in ``seeds``.
 """
 
 from __future__ import annotations
