@@ -127,23 +127,26 @@ def test_paired_table_counts_wins_ties_and_losses_per_seed(suite_raw):
 
 
 def test_seeds_run_in_pieces_merge_into_the_table_of_one_run(suite_raw, tmp_path):
+    suite_raw["grid"]["seeds"] = [0, 1, 2]
     whole = expand(suite_raw)
     run_grid(whole, progress=False, log=lambda m: None, runner=_fake(_correct_of))
     suite_raw["grid"]["seeds"] = [0]
     suite_raw["output"] = str(tmp_path / "seed0")
     first = run_grid(expand(suite_raw), progress=False, log=lambda m: None, runner=_fake(_correct_of))
     assert {r["seed"] for r in first["runs"]} == {0}
-    suite_raw["grid"].update(seeds=[1], merge=[str(tmp_path / "seed0")])
-    suite_raw["output"] = str(tmp_path / "seed1")
-    g = expand(suite_raw)
-    ran = []
-    res = run_grid(g, progress=False, log=lambda m: None, runner=lambda c, r, **k: ran.append(c.key) or _fake(_correct_of)(c, r))
-    assert not any("seed0" in k for k in ran)  # the merged seed is not run again
-    assert res["merged"] == [str(tmp_path / "seed0" / "results.json")]
+    for seed, earlier in ((1, "seed0"), (2, "seed1")):  # a chain: the piece of seed 2 merges the merged table of 0-1
+        suite_raw["grid"].update(seeds=[seed], merge=[str(tmp_path / earlier)])
+        suite_raw["output"] = str(tmp_path / f"seed{seed}")
+        g = expand(suite_raw)
+        ran = []
+        res = run_grid(g, progress=False, log=lambda m: None, runner=lambda c, r, **k: ran.append(c.key) or _fake(_correct_of)(c, r))
+        assert all(f"seed{seed}" in k or "zero-shot" in k for k in ran)  # the merged seeds are not run again
+    assert res["merged"] == [str(tmp_path / "seed1" / "results.json")]
     md = (g.output / "results.md").read_text().split("\n")
-    assert md[4] == f"With the runs of earlier experiments of this suite (grid.merge): {tmp_path / 'seed0' / 'results.json'} (seeds 0)."
+    assert md[4] == f"With the runs of earlier experiments of this suite (grid.merge): {tmp_path / 'seed1' / 'results.json'} (seeds 0, 1)."
     assert md[1:4] + md[6:] == (whole.output / "results.md").read_text().split("\n")[1:]
-    assert "| a | " + g.models[0] + " | 0.250 | 0.850 ± 0.150 (2) | 0.975 ± 0.025 (2) | 2/0/0 | 0/1/1 |" in (g.output / "results.md").read_text()
+    # soft-prompt 1.0, 0.7, 1.0 (seeds 0-2); peft-lora 0.95, 1.0, 0.95; vs zero-shot 3 wins; vs lora tie, loss, tie
+    assert "| a | " + g.models[0] + " | 0.250 | 0.900 ± 0.141 (3) | 0.967 ± 0.024 (3) | 3/0/0 | 0/2/1 |" in md
 
 
 @pytest.mark.parametrize("change,message", [
