@@ -228,7 +228,7 @@ def expand(raw: dict, *, where: str = "grid", overrides: list[str] | None = None
 
 def _earlier(entries, grid: Grid, where: str) -> list[dict]:
     """grid.merge: earlier experiment directories of this suite, read and checked (results.read_earlier)."""
-    from .results import read_earlier
+    from .results import read_earlier, record_key
 
     if entries is None:
         return []
@@ -241,7 +241,7 @@ def _earlier(entries, grid: Grid, where: str) -> list[dict]:
     for i, e in enumerate(entries):
         got = read_earlier(e, grid, f"{where}: grid.merge[{i}]")
         for r in got["runs"]:
-            k = (r["task"], r["model"], r["method"], r["shots"], r["seed"])
+            k = record_key(r)
             if r["shots"] and seen.setdefault(k, e) != e:
                 raise ConfigError(f"{e} and {seen[k]} both have {r.get('cell') or k}", where=f"{where}: grid.merge[{i}]",
                                   fix="merge experiments of different seeds; drop one of the two directories")

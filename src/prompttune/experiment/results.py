@@ -90,7 +90,7 @@ def _markdown(grid, rows: list[dict], tallies: list[dict], records: list[dict]) 
     lines = [f"# Experiment: {grid.source}", "",
              "Test accuracy, mean ± std over seeds (population std; number of seeds in brackets). "
              "Zero-shot trains nothing and is the same for every sample, so it is one run per model.", ""]
-    if getattr(grid, "earlier", None):
+    if grid.earlier:
         lines += ["With the runs of earlier experiments of this suite (grid.merge): "
                   + ", ".join(f"{e['source']} (seeds {', '.join(map(str, e['seeds']))})" for e in grid.earlier) + ".", ""]
     tasks = grid.tasks or [""]
@@ -193,10 +193,26 @@ def _typed(v, kind) -> bool:
         return isinstance(v, str)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return False
-    return isinstance(v, int) and v >= 0 if kind is int else math.isfinite(v)
+    if kind is int:
+        return isinstance(v, int) and v >= 0
+    return math.isfinite(v)
 
 
-def _key(r: dict) -> tuple:
+def _problem(r, keys: tuple[str, ...]) -> str | None:
+    """What is wrong with one record of an earlier results.json, or None."""
+    if not isinstance(r, dict):
+        return "not a mapping"
+    for k in keys:
+        if not _typed(r.get(k), _TYPES[k][0]):
+            return f"{k!r} is missing or not {_TYPES[k][1]}"
+    for k in _OPTIONAL:
+        if r.get(k) is not None and not _typed(r[k], _TYPES[k][0]):
+            return f"{k!r} is not {_TYPES[k][1]}"
+    return None
+
+
+def record_key(r: dict) -> tuple:
+    """Where a run (or a paired test, by its other method) sits in the grid: task, model, method, shots, seed."""
     return r.get("task", ""), r["model"], r["method"], r["shots"], r["seed"]
 
 
@@ -220,23 +236,20 @@ def read_earlier(path: str | Path, grid, where: str) -> dict:
     runs, pairs = data["runs"], data["paired"]
     for what, items, keys in (("runs", runs, _RUN_KEYS), ("paired", pairs, _PAIR_KEYS)):
         for i, r in enumerate(items):
-            bad = "not a mapping" if not isinstance(r, dict) else next(
-                (f"{k!r} is missing or not {_TYPES[k][1]}" for k in keys if not _typed(r.get(k), _TYPES[k][0])), None) or next(
-                (f"{k!r} is not {_TYPES[k][1]}" for k in _OPTIONAL if r.get(k) is not None and not _typed(r[k], _TYPES[k][0])), None)
-            if bad:
+            if bad := _problem(r, keys):
                 raise ConfigError(f"{f}: {what}[{i}] is not a record of `prompttune experiment` ({bad})", where=where, fix=fix)
     axes = {"task": grid.tasks or [""], "model": grid.models, "method": grid.methods, "shots": sorted({c.shots for c in grid.cells})}
-    mine = {_key({"task": c.task, "model": c.model, "method": c.method, "shots": c.shots, "seed": c.seed}) for c in grid.cells if c.shots}
+    mine = {(c.task, c.model, c.method, c.shots, c.seed) for c in grid.cells if c.shots}
     by = {}
     for r in runs:
         for axis, labels in axes.items():
             if r[axis] not in labels:
                 raise ConfigError(f"{f} has a run of {axis} {r[axis]!r}, which this grid lacks ({', '.join(map(repr, labels))})",
                                   where=where, fix="merge only earlier runs of the same suite: the same tasks, models, methods, shots")
-        if _key(r) in mine:
-            raise ConfigError(f"{f} already has {r.get('cell') or _key(r)}, which this grid runs too", where=where,
+        if record_key(r) in mine:
+            raise ConfigError(f"{f} already has {r.get('cell') or record_key(r)}, which this grid runs too", where=where,
                               fix=f"drop seed {r['seed']} from grid.seeds (it is done there), or that directory from grid.merge")
-        by[_key(r)] = r
+        by[record_key(r)] = r
     for x in pairs:
         ref = by.get((x["task"], x["model"], grid.compare, x["shots"], x["seed"]))
         if ref is None or ref["accuracy"] != x["accuracy"]:
@@ -248,14 +261,14 @@ def read_earlier(path: str | Path, grid, where: str) -> dict:
 def _merged(records: list[dict], pairs: list[dict], earlier: list[dict]) -> tuple[list[dict], list[dict]]:
     """This run's records and pairs, then the earlier experiments' ones for cells not run here."""
     runs, tests = list(records), list(pairs)
-    have, tested = {_key(r): r for r in runs}, {_key(p) for p in tests}
+    have, tested = {record_key(r): r for r in runs}, {record_key(p) for p in tests}
     twice = []  # (earlier run, this run's run, source): a cell in both (zero-shot: one cell per model, whatever the seeds)
     for e in earlier:
-        twice += [(r, have[_key(r)], e["source"]) for r in e["runs"] if _key(r) in have]
-        runs += [r for r in e["runs"] if _key(r) not in have]
-        tests += [p for p in e["paired"] if _key(p) not in tested]
-        have |= {_key(r): r for r in e["runs"] if _key(r) not in have}
-        tested |= {_key(p) for p in e["paired"]}
+        twice += [(r, have[record_key(r)], e["source"]) for r in e["runs"] if record_key(r) in have]
+        runs += [r for r in e["runs"] if record_key(r) not in have]
+        tests += [p for p in e["paired"] if record_key(p) not in tested]
+        have |= {record_key(r): r for r in e["runs"] if record_key(r) not in have}
+        tested |= {record_key(p) for p in e["paired"]}
     sizes: dict[tuple, set] = {}
     for r in runs:
         if r.get("n") is not None:
@@ -268,7 +281,7 @@ def _merged(records: list[dict], pairs: list[dict], earlier: list[dict]) -> tupl
                               fix=f"merge only runs of the same suite (the same test split and test_size); {kept}")
     for r, here, source in twice:
         if r["accuracy"] != here["accuracy"]:
-            raise ConfigError(f"{r.get('cell') or _key(r)} scored {here['accuracy']:.4f} here and {r['accuracy']:.4f} in {source}: "
+            raise ConfigError(f"{r.get('cell') or record_key(r)} scored {here['accuracy']:.4f} here and {r['accuracy']:.4f} in {source}: "
                               "that experiment ran another config or another prompttune", where="grid.merge",
                               fix=f"run its seeds again with this grid, or drop it from grid.merge; {kept}")
     return sorted(runs, key=lambda r: r["seed"]), sorted(tests, key=lambda p: p["seed"])  # stable: p per seed in seed order
