@@ -1,4 +1,4 @@
-"""Prompt tuning a real Whisper on synthetic speech: zero-shot vs soft prompt vs prefix, over seeds.
+"""Prompt tuning a real Whisper on synthetic speech: zero-shot vs soft prompt vs prefix (vs LoRA), over seeds.
 
 Four tasks, all from the spoken corpora (``prompttune speak``: espeak-ng reading the built-in corpora; synthetic
 speech, real model):
@@ -13,6 +13,11 @@ speech, real model):
 - zh-classification (multilingual models only): the same clips' sentiment, template ``{audio:zh}{soft*N}总之，{mask}。``,
   label words 不好/很好 (the best zero-shot of four wordings on 100 *train* clips: 0.61, others 0.30-0.40), accuracy
   and macro-F1 (the test split is 55 % negative).
+
+Methods: ``zero-shot``, ``soft-prompt``, ``prefix``, ``lora`` (PEFT's Whisper recipe: q_proj and v_proj of every
+attention, the encoder's included, so the encoder runs and trains every step) and ``lora-decoder`` (the same in the
+decoder's attention only, ``target_modules: '.*decoder.*\\.(q_proj|v_proj)'``: the encoder stays frozen and each clip is
+encoded once). Each LoRA run loads its own copy of the model.
 
 Per method and seed: the metric on the first ``--test`` clips of the fixed test split, training seconds, clips/s
 of evaluation and the artifact's size on disk (``save_pretrained``). Train rows are drawn per seed from the train
@@ -37,6 +42,8 @@ import time
 from pathlib import Path
 
 
+LORA_DECODER = r".*decoder.*\.(q_proj|v_proj)"  # LoRA in the decoder's self- and cross-attention only
+METHODS = {"zero-shot": {}, "soft-prompt": {}, "prefix": {}, "lora": {}, "lora-decoder": {"target_modules": LORA_DECODER}}
 RECOGNITION = {"recognition": ("spoken-django", "{audio}"), "zh-recognition": ("spoken-chinese-reviews", "{audio:zh}")}
 SCORES = ("wer", "cer", "accuracy", "macro_f1")  # summarised as mean and std over seeds
 # task: (corpus, audio field, text after the soft prompt, label words)
@@ -56,17 +63,22 @@ def run_one(backbone, task: str, method: str, seed: int, args) -> dict:
     from prompttune.generation import GenerationModel
 
     soft = f"{{soft*{args.soft}}}" if method == "soft-prompt" else ""
+    name, options = ("lora" if method.startswith("lora") else method), METHODS[method]
+    if name == "lora":  # LoRA changes the model it is put in: a copy of its own
+        from prompttune.backbone import Backbone
+
+        backbone = Backbone.load(args.model)
     if task in RECOGNITION:
         corpus, audio = RECOGNITION[task]
         rows = load_rows(corpus, split="train", require_label=False)
         train = random.Random(seed).sample(rows, args.train)
         test = load_rows(corpus, split="test", require_label=False)[: args.test]
-        model = GenerationModel(backbone, soft + audio, target="text", method=method, seed=seed)
+        model = GenerationModel(backbone, soft + audio, target="text", method=name, method_options=options, seed=seed)
     else:
         corpus, audio, text, words = CLASSIFICATION[task]
         train = few_shot(load_rows(corpus, split="train"), args.shots, seed)
         test = load_rows(corpus, split="test")[: args.test]
-        model = PromptModel(backbone, audio + soft + text, words, method=method, seed=seed)
+        model = PromptModel(backbone, audio + soft + text, words, method=name, method_options=options, seed=seed)
     seconds = 0.0
     if method != "zero-shot":
         start = time.perf_counter()
@@ -105,7 +117,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="whisper-tiny-en")
     ap.add_argument("--tasks", nargs="+", default=["recognition", "classification"], choices=[*RECOGNITION, *CLASSIFICATION])
-    ap.add_argument("--methods", nargs="+", default=["zero-shot", "soft-prompt", "prefix"])
+    ap.add_argument("--methods", nargs="+", default=["zero-shot", "soft-prompt", "prefix"], choices=list(METHODS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--soft", type=int, default=16, help="soft tokens of the soft prompt")
     ap.add_argument("--train", type=int, default=64, help="recognition: training clips per seed")

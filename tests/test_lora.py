@@ -54,3 +54,13 @@ def test_lora_target_modules_can_be_named_and_bad_names_are_clear():
     assert all("o_proj" in n for n in pm.method._lora)
     with pytest.raises(ConfigError, match="target_modules"):
         PromptModel(tiny_backbone("llama"), TPL, V, "lora", method_options={"target_modules": ["nonexistent"]})
+
+
+def test_lora_target_modules_as_a_regular_expression_match_whole_names_and_a_bad_pattern_is_clear():
+    pm = PromptModel(tiny_backbone("llama"), TPL, V, "lora", method_options={"r": 2, "target_modules": r".*layers\.0\..*q_proj"})
+    assert pm.method._lora and all(".layers.0." in n and "q_proj" in n for n in pm.method._lora)
+    with pytest.raises(ConfigError, match="target_modules") as e:
+        PromptModel(tiny_backbone("llama"), TPL, V, "lora", method_options={"target_modules": "(q_proj"})
+    assert "regular expression" in str(e.value)
+    with pytest.raises(ConfigError, match="target_modules"):  # matches no module
+        PromptModel(tiny_backbone("llama"), TPL, V, "lora", method_options={"target_modules": "nothing.*here"})

@@ -309,6 +309,43 @@ def test_methods_that_train_weights_work_on_the_speech_family(whisper, method, t
     assert torch.allclose(back.predict_log_probs(CLIPS), after, atol=1e-5)
 
 
+def test_lora_on_the_decoder_only_keeps_the_encoder_cached_while_it_trains(whisper, tmp_path):
+    """``target_modules`` as a regular expression (peft's meaning): LoRA in the decoder's attention only. The encoder
+    trains nothing, so each clip is encoded once over all the training steps and evaluations."""
+    bb = Backbone.load(str(whisper))
+    calls = []
+    h = bb.model.get_encoder().register_forward_hook(lambda m, a, kw, o: calls.append(kw["input_features"].shape[0]), with_kwargs=True)
+    try:
+        pm = PromptModel(bb, "{audio} It is{mask}.", WORDS, method="lora",
+                         method_options={"target_modules": r".*decoder.*\.(q_proj|v_proj)"})
+        names = list(pm.method._lora)
+        assert names and all(".decoder." in n for n in names), names
+        assert any(".encoder_attn." in n for n in names) and any(".self_attn." in n for n in names)
+        before = pm.predict_log_probs(CLIPS)
+        pm.fit(CLIPS, None, max_steps=4, batch_size=3, lr=1e-2, progress=False)
+        after = pm.predict_log_probs(CLIPS)
+        assert sum(calls) == 3, calls  # 3 clips, 4 steps and 2 evaluations: encoded once
+    finally:
+        h.remove()
+    assert not torch.allclose(before, after, atol=1e-4)
+    back = PromptModel.from_pretrained(pm.save_pretrained(tmp_path / "art"))
+    assert back.method.options.target_modules == r".*decoder.*\.(q_proj|v_proj)"
+    assert torch.allclose(back.predict_log_probs(CLIPS), after, atol=1e-5)
+
+
+def test_peft_s_default_lora_on_whisper_adapts_the_encoder_too_so_it_is_run_each_step(whisper):
+    bb = Backbone.load(str(whisper))
+    pm = PromptModel(bb, "{audio} It is{mask}.", WORDS, method="lora")
+    assert any(".encoder.layers." in n for n in pm.method._lora) and any(".decoder.layers." in n for n in pm.method._lora)
+    calls = []
+    h = bb.model.get_encoder().register_forward_hook(lambda m, a, kw, o: calls.append(kw["input_features"].shape[0]), with_kwargs=True)
+    try:
+        pm.fit(CLIPS, None, max_steps=2, batch_size=3, lr=1e-2, progress=False)
+    finally:
+        h.remove()
+    assert sum(calls) >= 6, calls  # every training step encodes its 3 clips again
+
+
 def test_the_cli_trains_evaluates_and_predicts_on_audio_files(whisper, tmp_path, monkeypatch, capsys, audio_libraries):
     import json
 

@@ -7,9 +7,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal, Union, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 PField = Field
 
@@ -157,8 +158,20 @@ class LoraOptions(BaseModel):
     r: int = Field(8, ge=1, description="rank of the update")
     alpha: float = Field(16, gt=0, description="scaling numerator (the update is scaled by alpha / r)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
-    target_modules: list[str] | None = Field(None, description="module names to adapt (default: peft's choice for the model type, "
-                                                                "e.g. q_proj and v_proj)")
+    target_modules: list[str] | str | None = Field(None, description="module names to adapt (default: peft's choice for the model type, "
+                                                                      "e.g. q_proj and v_proj); a string is a regular expression the "
+                                                                      "whole module name must match, as in peft, e.g. "
+                                                                      "'.*decoder.*\\.(q_proj|v_proj)'")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _regex_compiles(cls, v):
+        if isinstance(v, str):
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"not a regular expression ({e}); write a list of module names, or a valid pattern") from None
+        return v
 
 
 
