@@ -43,7 +43,9 @@ from pathlib import Path
 
 
 LORA_DECODER = r".*decoder.*\.(q_proj|v_proj)"  # LoRA in the decoder's self- and cross-attention only
-METHODS = {"zero-shot": {}, "soft-prompt": {}, "prefix": {}, "lora": {}, "lora-decoder": {"target_modules": LORA_DECODER}}
+# label: (prompttune method, its options)
+METHODS = {"zero-shot": ("zero-shot", {}), "soft-prompt": ("soft-prompt", {}), "prefix": ("prefix", {}), "lora": ("lora", {}),
+           "lora-decoder": ("lora", {"target_modules": LORA_DECODER})}
 RECOGNITION = {"recognition": ("spoken-django", "{audio}"), "zh-recognition": ("spoken-chinese-reviews", "{audio:zh}")}
 SCORES = ("wer", "cer", "accuracy", "macro_f1")  # summarised as mean and std over seeds
 # task: (corpus, audio field, text after the soft prompt, label words)
@@ -63,7 +65,7 @@ def run_one(backbone, task: str, method: str, seed: int, args) -> dict:
     from prompttune.generation import GenerationModel
 
     soft = f"{{soft*{args.soft}}}" if method == "soft-prompt" else ""
-    name, options = ("lora" if method.startswith("lora") else method), METHODS[method]
+    name, options = METHODS[method]
     if name == "lora":  # LoRA changes the model it is put in: a copy of its own
         from prompttune.backbone import Backbone
 

@@ -50,7 +50,7 @@ def summarise(records: list[dict]) -> list[dict]:
 
 def paired(records: list[dict], compare: str) -> list[dict]:
     """McNemar's test of method ``compare`` against each other method, per task x model x shots x seed."""
-    by = {(r.get("task", ""), r["model"], r["method"], r["shots"], r["seed"]): r for r in records}
+    by = {record_key(r): r for r in records}
     out = []
     for (task, model, method, shots, seed), ref in by.items():
         if method != compare or not ref.get("correct"):
@@ -251,7 +251,7 @@ def read_earlier(path: str | Path, grid, where: str) -> dict:
                               fix=f"drop seed {r['seed']} from grid.seeds (it is done there), or that directory from grid.merge")
         by[record_key(r)] = r
     for x in pairs:
-        ref = by.get((x["task"], x["model"], grid.compare, x["shots"], x["seed"]))
+        ref = by.get(record_key({**x, "method": grid.compare}))
         if ref is None or ref["accuracy"] != x["accuracy"]:
             raise ConfigError(f"{f}'s paired tests are not of grid.compare ({grid.compare!r}) against the other methods", where=where,
                               fix="merge only earlier runs of the same suite with the same `compare`")
@@ -264,10 +264,13 @@ def _merged(records: list[dict], pairs: list[dict], earlier: list[dict]) -> tupl
     have, tested = {record_key(r): r for r in runs}, {record_key(p) for p in tests}
     twice = []  # (earlier run, this run's run, source): a cell in both (zero-shot: one cell per model, whatever the seeds)
     for e in earlier:
-        twice += [(r, have[record_key(r)], e["source"]) for r in e["runs"] if record_key(r) in have]
-        runs += [r for r in e["runs"] if record_key(r) not in have]
+        for r in e["runs"]:
+            if (k := record_key(r)) in have:
+                twice.append((r, have[k], e["source"]))
+            else:
+                runs.append(r)
+                have[k] = r
         tests += [p for p in e["paired"] if record_key(p) not in tested]
-        have |= {record_key(r): r for r in e["runs"] if record_key(r) not in have}
         tested |= {record_key(p) for p in e["paired"]}
     sizes: dict[tuple, set] = {}
     for r in runs:
