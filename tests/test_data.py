@@ -365,10 +365,40 @@ EXPECTED = {
 
 
 GENERATION_CORPORA = ("bbc-headlines", "django-en-de", "django-en-zh")  # tested in test_generation.py
+PAIR_CORPORA = ("bbc-headline-match",)  # tested below
 
 
 def test_builtin_names_match_registry():
-    assert builtin_names() == sorted([*EXPECTED, *GENERATION_CORPORA]) == sorted(BUILTINS)
+    assert builtin_names() == sorted([*EXPECTED, *GENERATION_CORPORA, *PAIR_CORPORA]) == sorted(BUILTINS)
+
+
+def test_headline_match_pairs_are_balanced_built_inside_each_split_and_never_told_apart_by_topic():
+    articles = {s: load_builtin("bbc-news", s) for s in ("train", "test")}
+    pairs = {s: load_builtin("bbc-headline-match", s) for s in ("train", "test")}
+    assert [dict(Counter(r["label"] for r in pairs[s])) for s in ("train", "test")] == [
+        {"match": 791, "mismatch": 792}, {"match": 250, "mismatch": 250}]  # 9 train pairs dropped: see below
+    assert len(pairs["test"]) == BUILTINS["bbc-headline-match"].test_size
+    for split in ("train", "test"):
+        topic_of = {a["headline"]: a["label"] for a in articles[split]}
+        kept = [a for a in articles[split] if split == "test" or " ".join(a["text"].split("\n\n")[0].split())
+                not in {p["text"] for p in pairs["test"]}]
+        assert len(pairs[split]) == len(kept) == {"train": 1583, "test": 500}[split]
+        for pair, article in zip(pairs[split], kept):  # one pair per article, in the split's order
+            assert set(pair) == {"headline", "text", "label"}
+            assert pair["text"] == " ".join(article["text"].split("\n\n")[0].split()) and "\n" not in pair["text"]
+            assert pair["label"] in ("match", "mismatch")
+            assert (pair["headline"] == article["headline"]) == (pair["label"] == "match")
+            assert topic_of[pair["headline"]] == article["label"]  # a mismatch's headline is from the same topic
+    # nothing crosses the split: every headline of a test pair is a test article's (a few headlines repeat in the
+    # source, on different articles), and no paragraph is in both splits
+    assert {p["headline"] for p in pairs["test"]} <= {a["headline"] for a in articles["test"]}
+    assert not {p["text"] for p in pairs["test"]} & {p["text"] for p in pairs["train"]}
+    assert pairs["test"][:2] == [
+        {"headline": "De Niro film leads US box office", "label": "match",
+         "text": "Film star Robert De Niro has returned to the top of the North American box office with his film Hide and Seek."},
+        {"headline": "ID theft surge hits US consumers", "label": "mismatch",
+         "text": "Five Bank of America subsidiaries have agreed to pay a total of $515m (£277m) to settle an investigation "
+                 "into fraudulent trading share practices."}]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

