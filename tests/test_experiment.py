@@ -125,6 +125,22 @@ def test_a_changed_cell_config_is_not_taken_as_done(grid_raw):
     assert len(calls) == 4 and all("/soft-prompt/" in k for k in calls) and n == 9
 
 
+def test_a_moved_experiment_keeps_its_done_cells(grid_raw, tmp_path):
+    import shutil
+
+    calls: list[str] = []
+    run_grid(expand(grid_raw), progress=False, log=lambda m: None, runner=_fake_runner(calls))
+    assert len(calls) == 9
+    shutil.move(grid_raw["output"], tmp_path / "moved")
+    grid_raw["output"] = str(tmp_path / "moved")
+    calls.clear()
+    res = run_grid(expand(grid_raw), progress=False, log=lambda m: None, runner=_fake_runner(calls))
+    assert calls == [] and res["cells"] == 9  # the cells' records name the old place; what they computed is the same
+    grid_raw["train"]["lr"] = 0.01  # a changed config is still a changed config after the move
+    run_grid(expand(grid_raw), progress=False, log=lambda m: None, runner=_fake_runner(calls))
+    assert len(calls) == 4
+
+
 @pytest.mark.parametrize("edit,needle", [
     (lambda g: g["grid"].update(sizes=[1]), "unknown grid axis 'sizes'"),
     (lambda g: g["grid"].update(shots=[]), "grid.shots is empty"),

@@ -17,10 +17,11 @@ A grid file is a ``prompttune train`` config (the base of every cell) plus a ``g
 
 Each cell runs :func:`prompttune.pipeline.run_training` into ``<output>/cells/<model>/<method>/shots<k>-seed<s>/``
 and, once it has finished, writes ``cell.json`` there atomically. A cell with ``cell.json`` (for the same cell
-config) is skipped on the next run, so an interrupted experiment resumes where it stopped; a cell without it was
-half done and is run again from scratch. Zero-shot trains nothing and does not depend on the sample, so it is one
-cell per model (``shots`` 0), drawn as a horizontal line. At the end ``results.json``, ``results.md`` (mean ± std
-over seeds per method x model x shots, as LM-BFF reports) and ``accuracy_vs_shots.png`` are written.
+config; the run directory may have moved) is skipped on the next run, so an interrupted experiment resumes where it
+stopped; a cell without it was half done and is run again from scratch. Zero-shot trains nothing and does not
+depend on the sample, so it is one cell per model (``shots`` 0), drawn as a horizontal line. At the end
+``results.json``, ``results.md`` (mean ± std over seeds per method x model x shots, as LM-BFF reports) and
+``accuracy_vs_shots.png`` are written.
 
 A ``tasks`` axis makes the grid a validation suite: each entry is a built-in data name or ``{label, data, prompt,
 train}`` over the base, and cells go under ``cells/<task>/``. Methods may include the PEFT anchors of
@@ -342,9 +343,16 @@ def cell_done(cell: Cell, root: Path) -> dict | None:
         rec = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if not isinstance(rec, dict) or rec.get("config") != cell_fingerprint(cell.config, cell.anchor) or "accuracy" not in rec:
+    if not isinstance(rec, dict) or not isinstance(rec.get("config"), dict) or "accuracy" not in rec:
+        return None
+    # the cell's own directory is not part of what it computed: a run moved or copied elsewhere is still done
+    if _placeless(rec["config"]) != _placeless(cell_fingerprint(cell.config, cell.anchor)):
         return None
     return rec
+
+
+def _placeless(fingerprint: dict) -> dict:
+    return {k: v for k, v in fingerprint.items() if k != "output"}
 
 
 def run_cell(cell: Cell, root: Path, *, keep_backbones: bool = False, progress: bool = False) -> dict:
