@@ -325,6 +325,7 @@ def cell_fingerprint(cfg: RunConfig, anchor: dict | None = None) -> dict:
     """What a cell's result depends on: its config (less what cannot change the result), and its anchor if any."""
     d = cfg.model_dump(mode="json")
     d["train"].pop("progress", None)
+    d.pop("output", None)  # the cell's own directory: a run moved or copied elsewhere is still done
     from ..methods import METHODS
 
     if anchor is not None:
@@ -345,14 +346,8 @@ def cell_done(cell: Cell, root: Path) -> dict | None:
         return None
     if not isinstance(rec, dict) or not isinstance(rec.get("config"), dict) or "accuracy" not in rec:
         return None
-    # the cell's own directory is not part of what it computed: a run moved or copied elsewhere is still done
-    if _placeless(rec["config"]) != _placeless(cell_fingerprint(cell.config, cell.anchor)):
-        return None
-    return rec
-
-
-def _placeless(fingerprint: dict) -> dict:
-    return {k: v for k, v in fingerprint.items() if k != "output"}
+    recorded = {k: v for k, v in rec["config"].items() if k != "output"}  # records written before held the path
+    return rec if recorded == cell_fingerprint(cell.config, cell.anchor) else None
 
 
 def run_cell(cell: Cell, root: Path, *, keep_backbones: bool = False, progress: bool = False) -> dict:
